@@ -1,0 +1,35 @@
+# make demo  - the end-to-end LoRA demo (creates .venv on first use)
+# make test  - the whole test suite, notebooks included (creates .venv on first use)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-fast pretrain analyze bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/minilora demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests tutorials --nbmake --nbmake-timeout=600
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests -m "not slow"
+
+pretrain: $(STAMP)
+	$(BIN)/minilora pretrain
+
+analyze: $(STAMP)
+	$(BIN)/minilora analyze
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_train.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache reports runs

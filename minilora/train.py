@@ -1,0 +1,211 @@
+"""The training loop, evaluation, loss curves and checkpoints, shared by pretraining, LoRA and
+full fine-tuning, so that their numbers are comparable.
+
+A batch is a dict of NumPy arrays from ``minilora.data``:
+    generation:      x (B, T), y (B, T) next-token targets, mask (B, T) 1 on answer tokens
+    classification:  x (B, T), last (B,) position the head reads, labels (B,)
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tqdm import tqdm  # plain tqdm, not tqdm.auto: no widget JSON in notebooks
+
+from minilora import backend
+from minilora.backend import xp
+from minilora.data import TextData, iterate_batches
+from minilora.layers import cross_entropy_backward, cross_entropy_forward
+from minilora.model import GPT, save_model
+from minilora.optim import AdamW, clip_grad_norm, linear_warmup_decay
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or inf; training stopped before applying the bad update."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000            # optimizer steps
+    batch_size: int = 32         # B: examples per step
+    lr: float = 3e-3             # peak learning rate (AdamW)
+    warmup_steps: int = 50       # linear warmup from 0 to lr
+    min_lr_ratio: float = 0.1    # linear decay ends at min_lr_ratio * lr
+    weight_decay: float = 0.01   # decoupled, on matrices only (AdamW)
+    grad_clip: float = 1.0       # global-norm clipping; 0 turns it off
+    eval_every: int = 250        # steps between evaluations (and checkpoints)
+    seed: int = 0                # batch order
+    progress: bool = True        # show a tqdm progress bar
+
+
+@dataclass
+class History:
+    """What one training run measured."""
+    steps: list[int] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)        # {"step", "loss", "accuracy"}
+    seconds: float = 0.0
+    ms_per_step: float = 0.0
+    trainable_params: int = 0
+    optimizer_bytes: int = 0
+    last_good_checkpoint: str | None = None
+
+    @property
+    def final(self) -> dict:
+        return self.evals[-1] if self.evals else {}
+
+
+# --------------------------------------------------------------------------- one step
+def to_backend(batch: dict) -> dict:
+    """Move a batch of NumPy arrays to the active backend."""
+    return {k: backend.asarray(v) for k, v in batch.items()}
+
+
+def forward_loss(model: GPT, batch: dict, *, training: bool = False):
+    """Mean loss of one batch. Returns (loss, logits, forward caches)."""
+    if "labels" in batch:
+        logits, cache = model.classify(batch["x"], batch["last"], training=training)   # (B, K)
+        loss, ce_cache = cross_entropy_forward(logits, batch["labels"])
+    else:
+        logits, cache = model.forward(batch["x"], training=training)                 # (B, T, V)
+        loss, ce_cache = cross_entropy_forward(logits, batch["y"], batch["mask"])
+    return loss, logits, (cache, ce_cache)
+
+
+def loss_and_grads(model: GPT, batch: dict, *, training: bool = True):
+    """Loss and the gradients of the trainable parameters for one batch (on the backend)."""
+    loss, _, (cache, ce_cache) = forward_loss(model, batch, training=training)
+    return loss, model.backward(cross_entropy_backward(ce_cache), cache)
+
+
+# --------------------------------------------------------------------------- evaluation
+def correct_rows(logits, batch) -> np.ndarray:
+    """Per-example exact match as a NumPy bool array (B,).
+
+    Generation: every answer token is the argmax. Under teacher forcing this equals greedy
+    decoding: if all answer positions are right given the right prefix, greedy decoding
+    produces that same prefix at every step, and the first wrong position is wrong either way.
+    """
+    pred = logits.argmax(axis=-1)
+    if "labels" in batch:
+        ok = pred == batch["labels"]
+    else:
+        ok = ((pred == batch["y"]) | (batch["mask"] == 0)).all(axis=-1)
+    return backend.to_numpy(ok)
+
+
+def evaluate(model: GPT, data, *, batch_size: int = 512) -> dict:
+    """Mean loss and exact-match accuracy of ``model`` over every example of ``data``."""
+    fields = ("x", "last", "labels") if hasattr(data, "labels") else ("x", "y", "mask")
+    total_loss, correct, n = 0.0, 0, len(data)
+    for start in range(0, n, batch_size):
+        batch = to_backend({f: getattr(data, f)[start:start + batch_size] for f in fields})
+        loss, logits, _ = forward_loss(model, batch)
+        rows = len(batch["x"])
+        total_loss += loss * rows      # rows weigh equally (masked tokens are averaged per batch)
+        correct += int(correct_rows(logits, batch).sum())
+    return {"loss": total_loss / n, "accuracy": correct / n}
+
+
+def evaluate_text(model: GPT, data: TextData, *, batches: int = 8, batch_size: int = 32, seed: int = 0) -> dict:
+    """Mean next-character loss and token accuracy on random windows of a text."""
+    rng = np.random.default_rng(seed)
+    losses, accs = [], []
+    for _ in range(batches):
+        batch = to_backend(data.sample(batch_size, rng))
+        loss, logits, _ = forward_loss(model, batch)
+        losses.append(loss)
+        accs.append(float(backend.to_numpy((logits.argmax(-1) == batch["y"]).mean())))
+    return {"loss": float(np.mean(losses)), "accuracy": float(np.mean(accs))}
+
+
+def _evaluate_any(model, data):
+    return evaluate_text(model, data) if isinstance(data, TextData) else evaluate(model, data)
+
+
+# --------------------------------------------------------------------------- the loop
+def _batches(data, batch_size, seed):
+    if isinstance(data, TextData):
+        rng = np.random.default_rng(seed)
+        while True:
+            yield data.sample(batch_size, rng)
+    yield from iterate_batches(data, batch_size, seed)
+
+
+def train(model: GPT, train_data, eval_data=None, config: TrainConfig | None = None, *,
+          optimizer=None, checkpoint_dir=None, save: Callable | None = None,
+          desc: str = "train") -> History:
+    """Train ``model.trainable`` with AdamW (or ``optimizer``) on ``train_data``.
+
+    Every ``eval_every`` steps and at the end: evaluate on ``eval_data`` and, when a
+    ``checkpoint_dir`` is given, save (atomically) with ``save(model, dir)`` (default:
+    ``save_model``). A NaN or inf loss stops training before the bad update is applied and
+    raises NonFiniteLossError naming the last good checkpoint.
+    """
+    cfg = config or TrainConfig()
+    opt = optimizer or AdamW(lr=cfg.lr, weight_decay=cfg.weight_decay)
+    save = save or (lambda m, d: save_model(m, d))
+    hist = History(trainable_params=model.num_params(trainable_only=True))
+    batches = _batches(train_data, cfg.batch_size, cfg.seed)
+    bar = tqdm(range(cfg.steps), desc=desc, disable=not cfg.progress, leave=False, mininterval=0.5)
+    step_time = 0.0
+    for step in bar:
+        opt.lr = linear_warmup_decay(step, total_steps=cfg.steps, warmup_steps=cfg.warmup_steps,
+                                     base_lr=cfg.lr, min_lr=cfg.lr * cfg.min_lr_ratio)
+        t0 = time.perf_counter()
+        loss, grads = loss_and_grads(model, to_backend(next(batches)))
+        if not math.isfinite(loss):
+            _stop_non_finite(loss, step, opt.lr, hist)
+        if cfg.grad_clip:
+            clip_grad_norm(grads, cfg.grad_clip)
+        opt.step(model.params, grads)
+        backend.synchronize()
+        step_time += time.perf_counter() - t0
+        hist.steps.append(step)
+        hist.losses.append(loss)
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss:.3f}")
+        last = step == cfg.steps - 1
+        if eval_data is not None and ((step + 1) % cfg.eval_every == 0 or last):
+            hist.evals.append({"step": step + 1, **_evaluate_any(model, eval_data)})
+        if checkpoint_dir is not None and ((step + 1) % cfg.eval_every == 0 or last):
+            save(model, Path(checkpoint_dir))
+            hist.last_good_checkpoint = f"{checkpoint_dir} (step {step + 1})"
+    bar.close()
+    hist.seconds = step_time
+    hist.ms_per_step = 1000 * step_time / max(cfg.steps, 1)
+    hist.optimizer_bytes = opt.state_bytes()
+    return hist
+
+
+def _stop_non_finite(loss, step, lr, hist):
+    kept = (f"the last good checkpoint is {hist.last_good_checkpoint}" if hist.last_good_checkpoint
+            else "no checkpoint was written (pass checkpoint_dir to keep one)")
+    raise NonFiniteLossError(
+        f"loss became {loss} at step {step}; training stopped before applying that update, and {kept}. "
+        f"Lower the learning rate (it was {lr:.2e}) or keep gradient clipping on (grad_clip).")
+
+
+# --------------------------------------------------------------------------- plots
+def plot_histories(histories: dict[str, History], path, *, title: str = "training loss") -> Path:
+    """Loss curves of several runs (smoothed over 20 steps) in one PNG."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, h in histories.items():
+        losses = np.asarray(h.losses)
+        k = min(20, max(len(losses), 1))
+        smooth = np.convolve(losses, np.ones(k) / k, mode="valid") if len(losses) >= k else losses
+        ax.plot(np.arange(len(smooth)) + k - 1, smooth, label=label)
+    ax.set(xlabel="step", ylabel="loss (20-step mean)", title=title, yscale="log")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
