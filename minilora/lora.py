@@ -1,0 +1,529 @@
+"""LoRA: Low-Rank Adaptation (Hu et al. 2021, arXiv 2106.09685).
+
+A frozen pre-trained weight W0 (d_out, d_in) is adapted by a low-rank update (§4.1, eq. 3):
+
+    h = W0 x + (alpha / r) B A x,    A (r, d_in) random,  B (d_out, r) zero at init,
+
+so dW = B A has W0's shape and rank at most r, and the adapted model equals the base model at
+step 0. Only A and B train; W0 gets no gradient and no optimizer state.
+
+Shapes: B batch, T time, C channels, r rank, N = B*T rows. (B the batch size and B the matrix
+never meet in one formula below: the matrix is written ``B_``/``lora_B`` in code.)
+
+This module has two layers:
+  * pure functions: ``lora_forward`` / ``lora_backward`` (the layer), ``merge_weights`` /
+    ``unmerge_weights`` (W0 + s B A and back), ``init_lora_pair``;
+  * ``LoraModel``: adapters on a ``GPT`` with PEFT's vocabulary (``LoRAConfig``, ``add_adapter``,
+    ``set_adapter``, ``disable_adapter``, ``merge_adapter``, ``unmerge_adapter``,
+    ``merge_and_unload``, ``delete_adapter``, ``save_adapter``, ``load_adapter``).
+    Adapter weights live in the model's params dict as ``{module}.lora_A.{adapter}`` and
+    ``{module}.lora_B.{adapter}``; a hook in ``model.linear_hooks`` routes adapted layers through
+    ``lora_forward``. Files use PEFT's key names (``...wq.lora_A.weight``).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from minilora import backend, io
+from minilora.backend import xp
+from minilora.layers import linear_forward
+from minilora.model import GPT, param_shapes
+
+# Short names users write in target_modules -> the module's name inside a block.
+TARGETS = {"wq": "attn.wq", "wk": "attn.wk", "wv": "attn.wv", "wo": "attn.wo",
+           "fc": "mlp.fc", "proj": "mlp.proj"}
+INITS = ("gaussian", "kaiming", "reversed", "zeros")
+
+
+# --------------------------------------------------------------------------- the layer
+def lora_forward(x, W0, b, A, B_, scale, dropout_mask=None):
+    """h = x W0^T + b + s (x A^T) B^T, the LoRA linear layer (Hu et al. 2021, eq. 3).
+
+    x (..., d_in), W0 (d_out, d_in), b (d_out,) or None, A (r, d_in), B_ (d_out, r),
+    scale s = alpha / r, dropout_mask (..., d_in) or None (scaled keep-mask on the A path only,
+    as loralib and PEFT)  ->  h (..., d_out);
+    cache = (x2, xa, W0, A, B_, u, scale, dropout_mask, shape of x).
+    B A is never formed: (x A^T) is (N, r), a thin matrix, so the extra cost is 2 N r (d_in + d_out).
+    """
+    ### BEGIN SOLUTION
+    h, _ = linear_forward(x, W0, b)                           # frozen path: x W0^T + b
+    x2 = x.reshape(-1, x.shape[-1])                           # (N, d_in)
+    xa = x2 if dropout_mask is None else x2 * dropout_mask.reshape(x2.shape)
+    u = xa @ A.T                                              # (N, r): down-projection
+    h += (scale * (u @ B_.T)).reshape(h.shape)                # (N, d_out): up-projection, times alpha/r
+    ### END SOLUTION
+    return h, (x2, xa, W0, A, B_, u, scale, dropout_mask, x.shape)
+
+
+def lora_backward(dh, cache):
+    """dh (..., d_out) -> dx (..., d_in), dA (r, d_in), dB (d_out, r). No dW0: W0 is frozen.
+
+    With u = x A^T and h = x W0^T + s u B^T (LORA_NOTES §1):
+        dB = s dh^T u,   du = s dh B,   dA = du^T x,   dx = dh W0 + du A.
+    At init B = 0, so du = 0 and dA = 0: only B moves in the first step.
+    """
+    x2, xa, W0, A, B_, u, scale, dropout_mask, x_shape = cache
+    ### BEGIN SOLUTION
+    dh2 = dh.reshape(-1, dh.shape[-1])                        # (N, d_out)
+    dB = scale * (dh2.T @ u)                                  # forward: h += s u B^T   -> dB = s dh^T u
+    du = scale * (dh2 @ B_)                                   # (N, r)                  -> du = s dh B
+    dA = du.T @ xa                                            # forward: u = xa A^T     -> dA = du^T xa
+    dxa = du @ A                                              # (N, d_in)               -> dxa = du A
+    if dropout_mask is not None:
+        dxa *= dropout_mask.reshape(dxa.shape)                # forward: xa = x * mask
+    dx = dh2 @ W0 + dxa                                       # forward: h = x W0^T + ... -> dh W0
+    ### END SOLUTION
+    return dx.reshape(x_shape), dA, dB
+
+
+def merge_weights(W0, A, B_, scale):
+    """W = W0 + s B A: the merged weight, same shape as W0 (§4.1, "No Additional Inference Latency")."""
+    ### BEGIN SOLUTION
+    return W0 + scale * (B_ @ A)
+    ### END SOLUTION
+
+
+def unmerge_weights(W, A, B_, scale):
+    """W0 = W - s B A: undo ``merge_weights`` (up to float rounding)."""
+    ### BEGIN SOLUTION
+    return W - scale * (B_ @ A)
+    ### END SOLUTION
+
+
+def init_lora_pair(d_out, d_in, r, *, init="gaussian", std=None, rng=None, dtype=None):
+    """A (r, d_in) and B (d_out, r) as the paper starts them: A random, B = 0, so B A = 0 (§4.1).
+
+    init = "gaussian": A ~ N(0, std^2), std = 1/r by default (PEFT's init_lora_weights="gaussian");
+           "kaiming":  A ~ U(-1/sqrt(d_in), 1/sqrt(d_in)) (loralib and PEFT's default, kaiming-uniform
+                       with a = sqrt(5));
+           "reversed": A = 0, B ~ N(0, std^2) (an ablation: dW = 0 too, but now B gets no gradient first);
+           "zeros":    A = 0 and B = 0 (an ablation: nothing ever moves, every gradient stays 0).
+    """
+    rng = rng if rng is not None else backend.rng(0)
+    dtype = dtype or backend.default_dtype()
+    std = 1.0 / r if std is None else std
+    A, B_ = np.zeros((r, d_in)), np.zeros((d_out, r))
+    if init == "gaussian":
+        A = rng.normal(0.0, std, (r, d_in))
+    elif init == "kaiming":
+        bound = 1.0 / math.sqrt(d_in)
+        A = rng.uniform(-bound, bound, (r, d_in))
+    elif init == "reversed":
+        B_ = rng.normal(0.0, std, (d_out, r))
+    elif init != "zeros":
+        raise ValueError(f"unknown init_lora_weights {init!r}; choose one of {INITS}")
+    return backend.asarray(A, dtype=dtype), backend.asarray(B_, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- configuration
+@dataclass
+class LoRAConfig:
+    r: int = 8                                   # rank of every adapted matrix
+    lora_alpha: float = 8.0                      # scale s = lora_alpha / r (§4.1: set once, not tuned)
+    target_modules: tuple = ("wq", "wv")         # any of wq wk wv wo fc proj (§4.2 uses wq, wv)
+    layers_to_transform: tuple | None = None     # block indices to adapt; None = every block
+    rank_pattern: dict = field(default_factory=dict)    # per-module r, e.g. {"wv": 4, "blocks.0.attn.wq": 2}
+    alpha_pattern: dict = field(default_factory=dict)   # per-module lora_alpha, same keys
+    lora_dropout: float = 0.0                    # dropout on the A path's input
+    init_lora_weights: str = "gaussian"          # gaussian | kaiming | reversed | zeros (see init_lora_pair)
+    init_std: float | None = None                # gaussian std; None = 1/r (PEFT)
+    bias: str = "none"                           # none | all | lora_only: which biases also train
+    modules_to_save: tuple = ()                  # trained fully and saved with the adapter, e.g. ("head",)
+    use_rslora: bool = False                     # scale alpha / sqrt(r) instead (Kalajievski 2023)
+    seed: int = 0                                # initialisation of A (and dropout masks)
+
+    def __post_init__(self):
+        self.target_modules = tuple([self.target_modules] if isinstance(self.target_modules, str)
+                                    else self.target_modules)
+        self.modules_to_save = tuple(self.modules_to_save)
+        if self.layers_to_transform is not None:
+            self.layers_to_transform = tuple(int(i) for i in self.layers_to_transform)
+        if self.init_lora_weights not in INITS:
+            raise ValueError(f"unknown init_lora_weights {self.init_lora_weights!r}; choose one of {INITS}")
+        if self.bias not in ("none", "all", "lora_only"):
+            raise ValueError(f"bias must be 'none', 'all' or 'lora_only', got {self.bias!r}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if int(self.r) < 1:
+            raise ValueError(f"rank r must be a positive integer, got {self.r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LoRAConfig":
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _pattern_value(name: str, pattern: dict, default):
+    """The value for module ``name`` from a PEFT-style pattern dict (longest matching key wins).
+
+    A key matches when it is the module's full name or a dotted suffix of it ("wv", "attn.wv").
+    Short target names are expanded ("wv" -> "attn.wv") before matching.
+    """
+    best, best_len = default, -1
+    for key, value in pattern.items():
+        full = TARGETS.get(key, key)
+        if (name == full or name.endswith("." + full)) and len(full) > best_len:
+            best, best_len = value, len(full)
+    return best
+
+
+def resolve_targets(model: GPT, config: LoRAConfig) -> dict[str, tuple[int, float]]:
+    """Module name -> (r, scale) for every matrix the config adapts. Raises on bad names or ranks."""
+    unknown = [t for t in config.target_modules if t not in TARGETS and t not in TARGETS.values()]
+    if unknown or not config.target_modules:
+        raise ValueError(f"unknown target_modules {unknown or '(empty)'}; valid names are "
+                         f"{sorted(TARGETS)} (or their long forms {sorted(TARGETS.values())})")
+    L = model.config.n_layer
+    layers = config.layers_to_transform if config.layers_to_transform is not None else range(L)
+    bad = [i for i in layers if not 0 <= i < L]
+    if bad:
+        raise ValueError(f"layers_to_transform {bad} out of range: the model has blocks 0..{L - 1}")
+    kinds = [TARGETS.get(t, t) for t in config.target_modules]
+    names = [f"blocks.{i}.{k}" for i in layers for k in kinds]
+    for key in list(config.rank_pattern) + list(config.alpha_pattern):
+        if not any(n == TARGETS.get(key, key) or n.endswith("." + TARGETS.get(key, key)) for n in names):
+            raise ValueError(f"rank/alpha pattern key {key!r} matches no adapted module; adapted modules are "
+                             f"{names[:6]}{' ...' if len(names) > 6 else ''}")
+    out = {}
+    for name in names:
+        d_out, d_in = model.params[name + ".weight"].shape
+        r = int(_pattern_value(name, config.rank_pattern, config.r))
+        if not 1 <= r <= min(d_out, d_in):
+            raise ValueError(f"rank r = {r} is out of range for {name} with W0 of shape ({d_out}, {d_in}); "
+                             f"choose 1 <= r <= min(d_out, d_in) = {min(d_out, d_in)}")
+        alpha = float(_pattern_value(name, config.alpha_pattern, config.lora_alpha))
+        out[name] = (r, alpha / (math.sqrt(r) if config.use_rslora else r))
+    return out
+
+
+def expected_trainable_count(config: LoRAConfig, n_layer: int, d_model: int) -> int:
+    """|Theta| = 2 x L_hat x d_model x r for square attention targets (§7.1, LORA_NOTES §3)."""
+    layers = config.layers_to_transform if config.layers_to_transform is not None else range(n_layer)
+    return 2 * len(config.target_modules) * len(layers) * d_model * config.r
+
+
+# --------------------------------------------------------------------------- the hook
+class _LoraHook:
+    """Routes one adapted linear layer of the model through lora_forward/lora_backward."""
+
+    def __init__(self, lora_model: "LoraModel"):
+        self.lm = lora_model
+
+    def forward(self, model, name, x, training):
+        A, B_, scale = self.lm._active_pair(name)
+        mask = self.lm._dropout_mask(x.shape) if training else None
+        return lora_forward(x, model.params[name + ".weight"], model.params[name + ".bias"],
+                            A, B_, scale, mask)
+
+    def backward(self, model, name, dh, cache, grads):
+        dx, dA, dB = lora_backward(dh, cache)
+        a_key, b_key = self.lm._keys(name, self.lm.active_adapter)
+        if a_key in model.trainable:
+            grads[a_key], grads[b_key] = dA, dB
+        if name + ".bias" in model.trainable:                 # bias="all" or "lora_only"
+            grads[name + ".bias"] = dh.reshape(-1, dh.shape[-1]).sum(axis=0)
+        return dx
+
+
+# --------------------------------------------------------------------------- adapters on a model
+class LoraModel:
+    """A frozen GPT with named LoRA adapters; one is active at a time (PEFT's vocabulary).
+
+    It offers the model's interface (params, trainable, forward, classify, backward,
+    num_params), so the same ``train`` loop trains a LoRA model and a fully fine-tuned one.
+    """
+
+    def __init__(self, model: GPT, config: LoRAConfig | None = None, adapter_name: str = "default"):
+        self.model = model
+        self.adapters: dict[str, LoRAConfig] = {}
+        self.modules: dict[str, dict[str, tuple[int, float]]] = {}   # adapter -> module -> (r, scale)
+        self.saved: dict[str, dict] = {}       # adapter -> its own copies of modules_to_save / biases
+        self.base_saved: dict = {}             # the base model's values of those parameters
+        self.active_adapter: str | None = None
+        self.merged = False
+        self.disabled = False
+        self.base_fingerprint = io.fingerprint(self._pure_base())
+        self._rng = backend.rng(0)
+        model.freeze()                         # §4.1: the pre-trained weights stay frozen
+        if config is not None:
+            self.add_adapter(adapter_name, config)
+
+    # ---------------------------------------------------------------- model interface
+    params = property(lambda self: self.model.params)
+    trainable = property(lambda self: self.model.trainable)
+    config = property(lambda self: self.model.config)
+    dtype = property(lambda self: self.model.dtype)
+
+    def forward(self, idx, *, training=False):
+        return self.model.forward(idx, training=training)
+
+    def classify(self, idx, last, *, training=False):
+        return self.model.classify(idx, last, training=training)
+
+    def backward(self, dlogits, cache):
+        if self.merged:
+            raise RuntimeError(f"adapter {self.active_adapter!r} is merged into the weights, so A and B get no "
+                               f"gradient; call unmerge_adapter() before training")
+        return self.model.backward(dlogits, cache)
+
+    def num_params(self, trainable_only: bool = False) -> int:
+        return self.model.num_params(trainable_only)
+
+    # ---------------------------------------------------------------- adding adapters
+    def _pure_base(self) -> dict:
+        return {k: self.model.params[k] for k in param_shapes(self.model.config)}
+
+    @staticmethod
+    def _keys(module: str, adapter: str) -> tuple[str, str]:
+        return f"{module}.lora_A.{adapter}", f"{module}.lora_B.{adapter}"
+
+    def _saved_names(self, config: LoRAConfig, modules) -> list[str]:
+        """Parameters an adapter trains fully and carries in its file (modules_to_save, biases)."""
+        names = []
+        for m in config.modules_to_save:
+            found = [k for k in self.model.params if (k.startswith(m + ".") or f".{m}." in k) and ".lora_" not in k]
+            if not found:
+                raise ValueError(f"modules_to_save entry {m!r} matches no parameter; e.g. 'head' (after "
+                                 f"add_classification_head) or 'ln_f'")
+            names += found
+        if config.bias == "all":
+            names += [f"{n}.bias" for n in self.model.config.linear_names()]
+        elif config.bias == "lora_only":
+            names += [f"{n}.bias" for n in modules]
+        return sorted(set(names))
+
+    def add_adapter(self, adapter_name: str, config: LoRAConfig):
+        """Create adapter ``adapter_name``: A random, B = 0 for every target (§4.1); make it active."""
+        if adapter_name in self.adapters:
+            raise ValueError(f"adapter {adapter_name!r} exists already; delete_adapter it or pick another name")
+        if "." in adapter_name or not adapter_name:
+            raise ValueError(f"adapter names must be non-empty and contain no '.', got {adapter_name!r}")
+        if self.merged:
+            raise RuntimeError("unmerge_adapter() before adding an adapter")
+        modules = resolve_targets(self.model, config)
+        self._restore_base_saved()             # another adapter's head must not become "the base"
+        rng = backend.rng(config.seed)
+        for name, (r, _) in modules.items():
+            d_out, d_in = self.model.params[name + ".weight"].shape
+            A, B_ = init_lora_pair(d_out, d_in, r, init=config.init_lora_weights, std=config.init_std,
+                                   rng=rng, dtype=self.dtype)
+            a_key, b_key = self._keys(name, adapter_name)
+            self.model.params[a_key], self.model.params[b_key] = A, B_
+        self.adapters[adapter_name], self.modules[adapter_name] = config, modules
+        saved = self._saved_names(config, modules)
+        for k in saved:
+            self.base_saved.setdefault(k, self.model.params[k])
+        self.saved[adapter_name] = {k: self.base_saved[k].copy() for k in saved}
+        self._rng = backend.rng(config.seed + 1)
+        self.set_adapter(adapter_name)
+        return self
+
+    # ---------------------------------------------------------------- switching
+    def set_adapter(self, adapter_name: str):
+        """Make ``adapter_name`` the active, trainable adapter (and swap in its saved modules)."""
+        if adapter_name not in self.adapters:
+            raise KeyError(f"no adapter named {adapter_name!r}; have {sorted(self.adapters)}")
+        if self.merged:
+            raise RuntimeError(f"adapter {self.active_adapter!r} is merged; unmerge_adapter() before switching")
+        self.active_adapter = adapter_name
+        self.disabled = False
+        self._apply()
+        return self
+
+    def _apply(self):
+        """Install hooks, saved modules and the trainable set for the current state."""
+        self._restore_base_saved()
+        self.model.freeze()
+        self.model.linear_hooks = {}
+        name = self.active_adapter
+        if name is None or self.disabled:
+            return
+        self.model.params.update(self.saved[name])            # this adapter's own head / biases
+        if not self.merged:
+            hook = _LoraHook(self)
+            self.model.linear_hooks = {m: hook for m in self.modules[name]}
+            self.model.trainable |= {k for m in self.modules[name] for k in self._keys(m, name)}
+            self.model.trainable |= set(self.saved[name])
+
+    def _restore_base_saved(self):
+        self.model.params.update(self.base_saved)
+
+    def _active_pair(self, module: str):
+        a_key, b_key = self._keys(module, self.active_adapter)
+        return self.model.params[a_key], self.model.params[b_key], self.modules[self.active_adapter][module][1]
+
+    def _dropout_mask(self, shape):
+        p = self.adapters[self.active_adapter].lora_dropout
+        if p == 0.0:
+            return None
+        keep = self._rng.random(shape) >= p                    # drawn on the CPU: same masks on any backend
+        return backend.asarray(keep / (1.0 - p), dtype=self.dtype)
+
+    @contextlib.contextmanager
+    def disable_adapter(self):
+        """Within the block the model is exactly the base model (no hook, base modules)."""
+        if self.merged:
+            raise RuntimeError("disable_adapter() needs unmerged weights; call unmerge_adapter() first")
+        self.disabled = True
+        self._apply()
+        try:
+            yield self
+        finally:
+            self.disabled = False
+            self._apply()
+
+    def delete_adapter(self, adapter_name: str):
+        """Remove an adapter's weights and config; if it was active, no adapter is active after."""
+        if adapter_name not in self.adapters:
+            raise KeyError(f"no adapter named {adapter_name!r}; have {sorted(self.adapters)}")
+        if self.merged and adapter_name == self.active_adapter:
+            raise RuntimeError(f"adapter {adapter_name!r} is merged; unmerge_adapter() before deleting it")
+        for m in self.modules[adapter_name]:
+            for k in self._keys(m, adapter_name):
+                del self.model.params[k]
+        del self.adapters[adapter_name], self.modules[adapter_name], self.saved[adapter_name]
+        if self.active_adapter == adapter_name:
+            self.active_adapter = None
+        self._apply()
+
+    # ---------------------------------------------------------------- merging (§4.1)
+    def merge_adapter(self, *, safe_merge: bool = False):
+        """W0 <- W0 + s B A for every adapted module: inference then costs nothing extra.
+
+        safe_merge=True computes every merged weight first and refuses (changing nothing) if any
+        is NaN or inf.
+        """
+        name = self._require_active("merge")
+        if self.merged:
+            raise RuntimeError(f"adapter {name!r} is already merged; merging twice would add B A twice")
+        merged = {}
+        for m, (_, scale) in self.modules[name].items():
+            A, B_, _ = self._active_pair(m)
+            merged[m] = merge_weights(self.model.params[m + ".weight"], A, B_, scale)
+            if safe_merge and not bool(xp.isfinite(merged[m]).all()):
+                raise ValueError(f"safe_merge: merging adapter {name!r} into {m} gives NaN or inf; "
+                                 f"nothing was changed. The adapter weights are broken")
+        for m, W in merged.items():
+            self.model.params[m + ".weight"][...] = W            # in place: references stay valid
+        self.merged = True
+        self._apply()
+
+    def unmerge_adapter(self):
+        """W <- W - s B A: back to W0 (up to float rounding, measured in the tests)."""
+        name = self._require_active("unmerge")
+        if not self.merged:
+            raise RuntimeError(f"adapter {name!r} is not merged; there is nothing to unmerge")
+        for m, (_, scale) in self.modules[name].items():
+            A, B_, _ = self._active_pair(m)
+            W = self.model.params[m + ".weight"]
+            W[...] = unmerge_weights(W, A, B_, scale)
+        self.merged = False
+        self._apply()
+
+    def merge_and_unload(self) -> GPT:
+        """Merge the active adapter and return a plain GPT without any adapter weights or hooks."""
+        if not self.merged:
+            self.merge_adapter()
+        params = {k: v for k, v in self.model.params.items() if ".lora_" not in k}
+        plain = GPT(self.model.config, params)
+        plain.freeze()
+        return plain
+
+    def _require_active(self, what):
+        if self.active_adapter is None:
+            raise RuntimeError(f"no active adapter to {what}; add_adapter or set_adapter first")
+        return self.active_adapter
+
+    # ---------------------------------------------------------------- reports
+    def trainable_report(self) -> dict:
+        """Trainable and total parameter counts, percent, and bytes of weights and Adam state."""
+        n_train = self.num_params(trainable_only=True)
+        n_all = sum(int(v.size) for k, v in self.model.params.items()
+                    if ".lora_" not in k or k.endswith("." + str(self.active_adapter)))
+        itemsize = np.dtype(self.dtype).itemsize
+        return {"trainable": n_train, "total": n_all, "percent": 100.0 * n_train / n_all,
+                "trainable_bytes": n_train * itemsize, "adam_state_bytes": 2 * n_train * itemsize}
+
+    def print_trainable_parameters(self):
+        rep = self.trainable_report()
+        print(f"trainable params: {rep['trainable']:,} || all params: {rep['total']:,} "
+              f"|| trainable%: {rep['percent']:.4f}")
+
+    # ---------------------------------------------------------------- files
+    def adapter_state(self, adapter_name: str | None = None) -> dict:
+        """The tensors of one adapter under PEFT's file names ({module}.lora_A.weight, ...)."""
+        name = adapter_name or self._require_active("save")
+        if name not in self.adapters:
+            raise KeyError(f"no adapter named {name!r}; have {sorted(self.adapters)}")
+        out = {}
+        for m in self.modules[name]:
+            a_key, b_key = self._keys(m, name)
+            out[f"{m}.lora_A.weight"], out[f"{m}.lora_B.weight"] = self.model.params[a_key], self.model.params[b_key]
+        out.update(self.saved[name])           # the active adapter trains these very arrays in place
+        return out
+
+    def save_adapter(self, directory, adapter_name: str | None = None) -> Path:
+        """adapter_model.safetensors (A, B, saved modules) + adapter_config.json, both atomic."""
+        name = adapter_name or self._require_active("save")
+        directory = Path(directory)
+        io.save_tensors(directory / "adapter_model.safetensors", self.adapter_state(name))
+        cfg = self.adapters[name].to_dict()
+        io.write_json(directory / "adapter_config.json", {
+            "format": "minilora.adapter", "version": 1, "peft_type": "LORA", "adapter_name": name,
+            **cfg, "base_model_fingerprint": self.base_fingerprint,
+            "base_model_config": asdict(self.model.config)})
+        return directory
+
+    def load_adapter(self, directory, adapter_name: str | None = None, *, set_active: bool = True):
+        """Load an adapter saved by ``save_adapter``; refuses one made for another base model."""
+        directory = Path(directory)
+        meta = io.read_json(directory / "adapter_config.json")
+        if meta.get("format") != "minilora.adapter":
+            raise io.CheckpointError(f"{directory / 'adapter_config.json'} is not a minilora adapter config")
+        if meta.get("base_model_fingerprint") != self.base_fingerprint:
+            raise io.CheckpointError(
+                f"the adapter in {directory} was trained on a different base model (fingerprint "
+                f"{meta.get('base_model_fingerprint')} vs this base {self.base_fingerprint}); load it onto "
+                f"the base it was made for (and unmerge any merged adapter first)")
+        name = adapter_name or meta.get("adapter_name", "default")
+        config = LoRAConfig.from_dict(meta)
+        tensors, _ = io.load_tensors(directory / "adapter_model.safetensors")
+        was_active = self.active_adapter
+        self.add_adapter(name, config)
+        try:
+            self._fill_from_file(name, tensors, directory)
+        except Exception:
+            self.delete_adapter(name)
+            if was_active is not None:
+                self.set_adapter(was_active)
+            raise
+        if not set_active and was_active is not None:
+            self.set_adapter(was_active)
+        else:
+            self.set_adapter(name)
+        return name
+
+    def _fill_from_file(self, name, tensors, directory):
+        expected = set(self.adapter_state(name))
+        if set(tensors) != expected:
+            missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+            raise io.CheckpointError(f"{directory}: adapter tensors do not match its config "
+                                     f"(missing {missing[:4]}, unexpected {extra[:4]})")
+        for key, value in tensors.items():
+            if key.endswith((".lora_A.weight", ".lora_B.weight")):
+                module, kind = key.rsplit(".", 2)[0], key.split(".")[-2]
+                target = self.model.params[f"{module}.{kind}.{name}"]
+            else:
+                target = self.saved[name][key]
+            if tuple(value.shape) != tuple(target.shape):
+                raise io.CheckpointError(f"{directory}: {key} has shape {tuple(value.shape)} but this model "
+                                         f"needs {tuple(target.shape)}; the adapter was made for another model")
+            target[...] = backend.asarray(value, dtype=self.dtype)
