@@ -23,3 +23,22 @@ def numpy_backend():
     yield
     backend.set_backend("numpy")
     backend.set_default_dtype(np.float32)
+
+
+# --------------------------------------------------------------------------- exercise steps
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects, so ``pytest -m step01`` sees the marks
+def pytest_collection_modifyitems(config, items):
+    """Mark each spec test with the exercise steps it grades, read from minilora.exercises.STEPS.
+
+    The test files carry no step markers: the table is the one place that says which tests grade
+    which step, and ``pytest -m step01`` runs exactly the tests of step 1.
+    """
+    from minilora.exercises import steps_for_test
+
+    for item in items:
+        try:
+            path = item.path.relative_to(config.rootpath).as_posix()
+        except ValueError:  # a test file outside this project
+            continue
+        for step in steps_for_test(path, getattr(item, "originalname", item.name)):
+            item.add_marker(step.marker)

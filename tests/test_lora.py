@@ -49,6 +49,16 @@ def test_lora_backward_with_dropout_matches_numerical_gradient(rng):
     assert max(errors.values()) < 1e-7, errors
 
 
+def test_lora_forward_matches_its_closed_form(rng):
+    """eq. (3) written out: h = x W0^T + b + (alpha/r) (x A^T) B^T, dropout on the A path only."""
+    x, W0, b = rng.standard_normal((2, 4, 6)), rng.standard_normal((5, 6)), rng.standard_normal(5)
+    A, B_ = rng.standard_normal((3, 6)), rng.standard_normal((5, 3))
+    mask = (rng.random((2, 4, 6)) > 0.5) * 2.0
+    h, _ = lora_forward(x, W0, b, A, B_, 0.75, mask)
+    expected = x @ W0.T + b + 0.75 * ((x * mask) @ A.T) @ B_.T
+    assert np.allclose(h, expected, atol=1e-12), f"max diff {np.abs(h - expected).max():.2e}"
+
+
 def test_lora_forward_equals_linear_with_merged_weight(rng):
     """x W0^T + s x A^T B^T = x (W0 + s B A)^T: the unmerged and merged layers agree."""
     x, W0, b = rng.standard_normal((2, 4, 6)), rng.standard_normal((5, 6)), rng.standard_normal(5)
