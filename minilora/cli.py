@@ -45,6 +45,8 @@ def _add_finetune(sub):
     p.add_argument("--targets", default="wq,wv", help="comma-separated target modules: wq,wk,wv,wo,fc,proj")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--n-train", type=int, default=4000, help="generated training examples")
+    p.add_argument("--n-test", type=int, default=500, help="held-out examples for the accuracy")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="save the adapter (LoRA) or model (full) here")
     p.set_defaults(func=_finetune)
@@ -65,7 +67,7 @@ def _finetune(args):
     tc.steps = args.steps or tc.steps
     tc.lr = args.lr or tc.lr
     res = finetune(args.task, args.method, base=base, lora_config=lora, train_config=tc, seed=args.seed,
-                   text_file=args.text)
+                   text_file=args.text, n_train=args.n_train, n_test=args.n_test)
     print(f"{res.method} on {res.task}: accuracy {100 * res.accuracy:.2f}%, loss {res.loss:.4f}, "
           f"{res.trainable_params:,} trainable params, {res.ms_per_step:.1f} ms/step")
     if args.out:

@@ -154,7 +154,7 @@ def train(model: GPT, train_data, eval_data=None, config: TrainConfig | None = N
     bar = tqdm(range(cfg.steps), desc=desc, disable=not cfg.progress, leave=False, mininterval=0.5)
     step_time = 0.0
     for step in bar:
-        opt.lr = linear_warmup_decay(step, total_steps=cfg.steps, warmup_steps=cfg.warmup_steps,
+        opt.lr = linear_warmup_decay(step, total_steps=cfg.steps, warmup_steps=min(cfg.warmup_steps, cfg.steps),
                                      base_lr=cfg.lr, min_lr=cfg.lr * cfg.min_lr_ratio)
         t0 = time.perf_counter()
         loss, grads = loss_and_grads(model, to_backend(next(batches)))
