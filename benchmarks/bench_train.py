@@ -1,0 +1,280 @@
+"""Time one full training step of minilora's GPT, and of the same model in PyTorch eager.
+
+    python benchmarks/bench_train.py                  # both configurations, 10 timed steps each
+    python benchmarks/bench_train.py --steps 30 --configs large --sdpa
+    python benchmarks/bench_train.py --lora           # r = 8 on wq, wv (needs minilora.lora)
+    python benchmarks/bench_train.py --backend cupy   # minilora on the GPU (PyTorch on CUDA if it can)
+
+A step is: forward, masked cross-entropy over every position, backward, AdamW step, all
+parameters trainable (with --lora: only the adapters). Tokens are random: speed does not depend
+on what the tokens say. Each measurement runs in a fresh child process, so its peak-memory
+growth is its own and one framework's thread pools cannot slow the other.
+
+Printed per row: ms/step (median, after 3 warm-up steps), tokens/s = B T / step time, model
+GFLOP/s = matrix-product FLOPs of the step (common.gpt_flops) / step time, the GFLOP/s of two
+float32 NumPy matmuls measured in the same process right after the steps, (B T, C) @ (C, 4C)
+(the MLP's fc product) and 1024^3, and the step's GFLOP/s as a fraction of each; peak RSS growth
+and optimizer state bytes; the step time as a multiple of PyTorch's. Results go to
+benchmarks/results/train_<backend>[_lora][_<config>].json and .png (the config only when
+--configs names fewer than all).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import multiprocessing as mp
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # common, torch_gpt
+
+import numpy as np  # noqa: E402
+
+import common  # noqa: E402
+from minilora import backend  # noqa: E402
+from minilora.model import GPT, GPTConfig, init_params  # noqa: E402
+from minilora.optim import AdamW  # noqa: E402
+from minilora.train import loss_and_grads, to_backend  # noqa: E402
+
+# Shapes: B batch, T time, C = n_embd, V vocabulary, L layers, NH heads.
+CONFIGS = {
+    "V64 d128 L4 H4 T64 B32": dict(vocab_size=64, n_embd=128, n_layer=4, n_head=4, T=64, B=32),
+    "V256 d256 L6 H8 T128 B16": dict(vocab_size=256, n_embd=256, n_layer=6, n_head=8, T=128, B=16),
+}
+SHORT = {"small": "V64 d128 L4 H4 T64 B32", "large": "V256 d256 L6 H8 T128 B16"}
+LR, WEIGHT_DECAY = 1e-4, 0.01   # small, so that timed steps stay numerically ordinary
+LORA_R, LORA_TARGETS = 8, ("wq", "wv")
+
+
+# --------------------------------------------------------------------------- set-up
+def gpt_config(name: str) -> tuple[GPTConfig, int, int]:
+    """(GPTConfig, B, T) of a named configuration."""
+    spec = dict(CONFIGS[name])
+    B, T = spec.pop("B"), spec.pop("T")
+    return GPTConfig(block_size=T, **spec), B, T
+
+
+def random_batch(config: GPTConfig, B: int, T: int, seed: int) -> dict:
+    """x, y (B, T) random token ids; mask (B, T) all ones (the loss counts every position)."""
+    rng = np.random.default_rng(seed)
+    return {"x": rng.integers(0, config.vocab_size, (B, T)), "y": rng.integers(0, config.vocab_size, (B, T)),
+            "mask": np.ones((B, T), dtype=np.float32)}
+
+
+def attach_lora(model: GPT):
+    """The model with LoRA r = 8 on wq and wv (Hu et al. 2021, §4.2), or None without minilora.lora."""
+    try:
+        from minilora import lora
+    except ImportError:
+        return None
+    if not hasattr(lora, "LoraModel"):
+        return None
+    return lora.LoraModel(model, lora.LoRAConfig(r=LORA_R, target_modules=LORA_TARGETS))
+
+
+def matmul_probe(config: GPTConfig, B: int, T: int, xp=np, sync=None) -> dict:
+    """float32 GFLOP/s of (B T, C) @ (C, 4C) and of 1024 x 1024 x 1024, on ``xp``."""
+    C = config.n_embd
+    return {"mm_fc_gflops": common.matmul_gflops(B * T, C, 4 * C, xp=xp, sync=sync),
+            "mm_1024_gflops": common.matmul_gflops(1024, 1024, 1024, xp=xp, sync=sync)}
+
+
+# --------------------------------------------------------------------------- measurements (child processes)
+def measure_minilora(name: str, *, backend_name: str, lora: bool, steps: int, warmup: int, seed: int) -> dict:
+    """One row: minilora's float32 training step on ``backend_name``."""
+    backend.set_backend(backend_name)
+    config, B, T = gpt_config(name)
+    rss0 = common.rss_mark()
+    model = GPT(config, seed=seed)
+    if lora:
+        model = attach_lora(model)
+        if model is None:
+            return {"skipped": "minilora.lora has no LoraModel yet"}
+    opt = AdamW(lr=LR, weight_decay=WEIGHT_DECAY)
+    batch = to_backend(random_batch(config, B, T, seed))
+
+    def step():
+        _, grads = loss_and_grads(model, batch)
+        opt.step(model.params, grads)
+
+    timing = common.median_time(step, warmup=warmup, steps=steps, sync=backend.synchronize)
+    row = {"impl": f"minilora {backend_name}" + (" lora" if lora else ""), **timing,
+           "rss_growth_bytes": common.rss_growth_bytes(rss0), "optimizer_state_bytes": opt.state_bytes(),
+           "params": model.num_params(), "trainable_params": model.num_params(trainable_only=True)}
+    if lora:
+        row.update(lora_r=LORA_R, lora_targets=len(LORA_TARGETS))
+    xp = backend.xp if backend_name == "cupy" else np
+    return {**row, **matmul_probe(config, B, T, xp=xp, sync=backend.synchronize)}
+
+
+def measure_torch(name: str, *, sdpa: bool, device: str, steps: int, warmup: int, seed: int) -> dict:
+    """One row: the same model and step in PyTorch eager (torch.optim.AdamW, same decay groups)."""
+    import torch
+    import torch.nn.functional as F
+
+    import torch_gpt
+
+    torch.set_num_threads(os.cpu_count())    # every core, as OpenBLAS uses for NumPy
+    config, B, T = gpt_config(name)
+    params = init_params(config, seed=seed)  # the same initial weights as the minilora row
+    rss0 = common.rss_mark()
+    model = torch_gpt.from_minilora_params(config, params, sdpa=sdpa, device=device)
+    del params
+    # minilora's AdamW skips weight decay on 1-d parameters (biases, LayerNorm gains): do the same.
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=LR)
+    batch = random_batch(config, B, T, seed)
+    x, y = (torch.from_numpy(batch[k]).to(device) for k in ("x", "y"))
+
+    def step():
+        logits = model(x)                                                    # (B, T, V)
+        loss = F.cross_entropy(logits.reshape(-1, config.vocab_size), y.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    sync = torch.cuda.synchronize if device == "cuda" else None
+    timing = common.median_time(step, warmup=warmup, steps=steps, sync=sync)
+    state = sum(t.nbytes for s in opt.state.values() for k, t in s.items() if k != "step")
+    row = {"impl": f"torch {device}" + (" sdpa" if sdpa else ""), **timing,
+           "rss_growth_bytes": common.rss_growth_bytes(rss0), "optimizer_state_bytes": state,
+           "params": sum(p.numel() for p in model.parameters()),
+           "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+           "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    return {**row, **matmul_probe(config, B, T)}
+
+
+def run_isolated(fn, isolate: bool, **kwargs) -> dict:
+    """``fn(**kwargs)`` in a fresh spawned process (clean memory peak and thread pools), or here."""
+    if not isolate:
+        return fn(**kwargs)
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, kwds=kwargs)
+
+
+# --------------------------------------------------------------------------- report
+def finish_row(row: dict, name: str) -> dict:
+    """Add the derived numbers: ms/step, tokens/s, GFLOP/s and the fractions of matmul GFLOP/s."""
+    config, B, T = gpt_config(name)
+    flops = common.gpt_flops(config, B, T, lora_r=row.get("lora_r", 0), lora_targets=row.get("lora_targets", 0))
+    s = row["median_s"]
+    gflops = flops["train_step"] / s / 1e9
+    return {**row, "config": name, "B": B, "T": T, "ms_per_step": 1e3 * s, "tokens_per_s": B * T / s,
+            "train_step_flops": flops["train_step"], "gflops": gflops,
+            "frac_mm_fc": gflops / row["mm_fc_gflops"], "frac_mm_1024": gflops / row["mm_1024_gflops"],
+            "rss_growth_mb": row["rss_growth_bytes"] / 2**20, "opt_state_mb": row["optimizer_state_bytes"] / 2**20}
+
+
+COLUMNS = [("config", "config", "s"), ("impl", "implementation", "s"), ("ms_per_step", "ms/step", ".1f"),
+           ("tokens_per_s", "tokens/s", ",.0f"), ("gflops", "GFLOP/s", ".1f"),
+           ("mm_fc_gflops", "mm(BT,C,4C)", ".0f"), ("frac_mm_fc", "frac", ".2f"),
+           ("mm_1024_gflops", "mm 1024^3", ".0f"), ("frac_mm_1024", "frac", ".2f"),
+           ("rss_growth_mb", "RSS+ MB", ".0f"), ("opt_state_mb", "opt MB", ".1f"),
+           ("vs_torch", "x torch", ".2f")]
+
+
+def plot(rows: list[dict], path: Path) -> Path:
+    """Two panels: ms/step and GFLOP/s (with the matmul probes as marks) per configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(r["config"] for r in rows))
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    width = 0.8 / len(impls)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for j, impl in enumerate(impls):
+        for ax, key in zip(axes, ("ms_per_step", "gflops")):
+            xs = [i + j * width for i, n in enumerate(names) for r in rows if r["config"] == n and r["impl"] == impl]
+            ys = [r[key] for n in names for r in rows if r["config"] == n and r["impl"] == impl]
+            ax.bar(xs, ys, width, label=impl)
+    for i, n in enumerate(names):
+        probe = next(r for r in rows if r["config"] == n)
+        for key, style in (("mm_fc_gflops", "--"), ("mm_1024_gflops", ":")):
+            axes[1].hlines(probe[key], i - width / 2, i + 0.8 - width / 2, colors="k", linestyles=style)
+    axes[0].set(title="one training step (median)", ylabel="ms / step")
+    axes[1].set(title="model GFLOP/s (-- mm(BT,C,4C), .. mm 1024^3)", ylabel="GFLOP/s")
+    for ax in axes:
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names, fontsize=8)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------- main
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per measurement (median reported)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    ap.add_argument("--configs", nargs="+", default=list(SHORT), choices=list(SHORT))
+    ap.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
+    ap.add_argument("--lora", action="store_true", help="train LoRA r = 8 on wq, wv only (no PyTorch row)")
+    ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even if it is installed")
+    ap.add_argument("--sdpa", action="store_true", help="add a PyTorch row with fused scaled_dot_product_attention")
+    ap.add_argument("--in-process", action="store_true", help="no child processes (for profilers)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=common.RESULTS_DIR)
+    args = ap.parse_args(argv)
+
+    # Only ask whether PyTorch is installed: importing it here would grow this process for nothing.
+    has_torch = importlib.util.find_spec("torch") is not None and not args.no_torch and not args.lora
+    device = "cpu"
+    if has_torch and args.backend == "cupy":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch_variants = ((False, True) if args.sdpa else (False,)) if has_torch else ()
+    timing = dict(steps=args.steps, warmup=args.warmup, seed=args.seed)
+    isolate = not args.in_process
+
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    rows = []
+    for name in (SHORT[c] for c in args.configs):
+        print(f"{name}: minilora {args.backend}" + (" lora" if args.lora else ""), flush=True)
+        row = run_isolated(measure_minilora, isolate, name=name, backend_name=args.backend, lora=args.lora, **timing)
+        if "skipped" in row:
+            print(f"  skipped: {row['skipped']}")
+            continue
+        rows.append(finish_row(row, name))
+        for sdpa in torch_variants:
+            print(f"{name}: torch {device}" + (" sdpa" if sdpa else ""), flush=True)
+            rows.append(finish_row(run_isolated(measure_torch, isolate, name=name, sdpa=sdpa, device=device,
+                                                **timing), name))
+    if not rows:
+        print("nothing measured")
+        return 1
+    for r in rows:   # the step time as a multiple of PyTorch eager's (same configuration, no sdpa)
+        ref = next((t for t in rows if t["config"] == r["config"] and t["impl"] == f"torch {device}"), None)
+        r["vs_torch"] = r["ms_per_step"] / ref["ms_per_step"] if ref else None
+
+    env = {**common.environment(), "load_average_before": load_before}
+    print()
+    print(common.format_table(rows, COLUMNS))
+    print(f"\nFLOPs: matrix products only, training = 3 x forward (frozen layers 2 x), full T^2 attention "
+          f"(see common.gpt_flops). "
+          f"{args.steps} timed steps after {args.warmup} warm-up; float32.")
+    libs = [(b.get("internal_api"), b.get("version"), b.get("architecture"), b.get("num_threads")) for b in env["blas"]]
+    print(f"BLAS (api, version, kernel, threads): {libs}; "
+          f"env: { {k: v for k, v in env['blas_env'].items() if v is not None} or 'no BLAS variables set'}")
+    if load_before is not None:   # other work on the cores slows everything, BLAS threads the most
+        print(f"load average (1 min) before: {load_before[0]:.1f}, after: {env['load_average_1_5_15min'][0]:.1f} "
+              f"on {os.cpu_count()} CPUs")
+    stem = f"train_{args.backend}" + ("_lora" if args.lora else "")
+    if set(args.configs) != set(SHORT):   # a partial run does not overwrite the full one
+        stem += "_" + "_".join(args.configs)
+    common.save_json(args.out / f"{stem}.json", {"args": {k: str(v) for k, v in vars(args).items()},
+                                                  "environment": env, "results": rows})
+    plot(rows, args.out / f"{stem}.png")
+    print(f"saved {args.out / stem}.json and .png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
