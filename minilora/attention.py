@@ -44,7 +44,8 @@ def attention_forward(q, k, v, n_head: int):
         raise ValueError(f"attention: C = {C} is not divisible by n_head = {n_head}")
     scale = 1.0 / math.sqrt(C // n_head)
     qh, kh, vh = split_heads(q, n_head), split_heads(k, n_head), split_heads(v, n_head)
-    scores = (qh @ kh.transpose(0, 1, 3, 2)) * scale          # (B, NH, T, T)
+    scores = qh @ kh.transpose(0, 1, 3, 2)                    # (B, NH, T, T)
+    scores *= scale                                           # in place: (B, NH, T, T) is the largest buffer here
     scores += causal_mask(T, scores.dtype)
     scores -= scores.max(axis=-1, keepdims=True)              # stable softmax
     att = xp.exp(scores, out=scores)                          # reuse the buffer: att is (B, NH, T, T)
@@ -63,7 +64,10 @@ def attention_backward(dy, cache):
     dvh = att.transpose(0, 1, 3, 2) @ dyh                     # (B, NH, T, HS)
     # forward: att = softmax(scores): dscores = att * (datt - sum_j datt_j att_j).
     # Masked positions have att = 0, so they get no gradient, as they should.
-    dscores = att * (datt - (datt * att).sum(axis=-1, keepdims=True))
+    # Computed in place in datt's buffer, to avoid two more (B, NH, T, T) temporaries.
+    datt -= (datt * att).sum(axis=-1, keepdims=True)
+    dscores = datt
+    dscores *= att
     dscores *= scale                                          # forward: scores = q k^T * scale
     dqh = dscores @ kh                                        # forward: scores = qh @ kh^T
     dkh = dscores.transpose(0, 1, 3, 2) @ qh
