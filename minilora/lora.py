@@ -37,7 +37,7 @@ from minilora.model import GPT, param_shapes
 # Short names users write in target_modules -> the module's name inside a block.
 TARGETS = {"wq": "attn.wq", "wk": "attn.wk", "wv": "attn.wv", "wo": "attn.wo",
            "fc": "mlp.fc", "proj": "mlp.proj"}
-INITS = ("gaussian", "kaiming", "reversed", "zeros")
+INITS = ("gaussian", "peft_gaussian", "kaiming", "reversed", "zeros")
 
 
 # --------------------------------------------------------------------------- the layer
@@ -98,17 +98,23 @@ def unmerge_weights(W, A, B_, scale):
 def init_lora_pair(d_out, d_in, r, *, init="gaussian", std=None, rng=None, dtype=None):
     """A (r, d_in) and B (d_out, r) as the paper starts them: A random, B = 0, so B A = 0 (§4.1).
 
-    init = "gaussian": A ~ N(0, std^2), std = 1/r by default (PEFT's init_lora_weights="gaussian");
-           "kaiming":  A ~ U(-1/sqrt(d_in), 1/sqrt(d_in)) (loralib and PEFT's default, kaiming-uniform
-                       with a = sqrt(5));
-           "reversed": A = 0, B ~ N(0, std^2) (an ablation: dW = 0 too, but now B gets no gradient first);
-           "zeros":    A = 0 and B = 0 (an ablation: nothing ever moves, every gradient stays 0).
+    init = "gaussian":      A ~ N(0, std^2), std = 1/sqrt(d_in) unless given. minilora's default: the
+                            paper says "random Gaussian" without a sigma; 1/sqrt(d_in) does not depend
+                            on r, like loralib's kaiming init, so with the alpha/r scale the size of an
+                            update stays the same when r changes, which is what §4.1 relies on;
+           "peft_gaussian": A ~ N(0, (1/r)^2), exactly PEFT's init_lora_weights="gaussian" (for parity;
+                            note the update then shrinks like 1/r^2 with the alpha/r scale);
+           "kaiming":       A ~ U(-1/sqrt(d_in), 1/sqrt(d_in)) (loralib and PEFT's default: kaiming-uniform
+                            with a = sqrt(5));
+           "reversed":      A = 0, B ~ N(0, std^2) (an ablation: dW = 0 too, but now A moves first);
+           "zeros":         A = 0 and B = 0 (an ablation: every gradient stays 0, nothing ever moves).
     """
     rng = rng if rng is not None else backend.rng(0)
     dtype = dtype or backend.default_dtype()
-    std = 1.0 / r if std is None else std
+    if std is None:
+        std = 1.0 / r if init == "peft_gaussian" else 1.0 / math.sqrt(d_in)
     A, B_ = np.zeros((r, d_in)), np.zeros((d_out, r))
-    if init == "gaussian":
+    if init in ("gaussian", "peft_gaussian"):
         A = rng.normal(0.0, std, (r, d_in))
     elif init == "kaiming":
         bound = 1.0 / math.sqrt(d_in)
@@ -130,8 +136,8 @@ class LoRAConfig:
     rank_pattern: dict = field(default_factory=dict)    # per-module r, e.g. {"wv": 4, "blocks.0.attn.wq": 2}
     alpha_pattern: dict = field(default_factory=dict)   # per-module lora_alpha, same keys
     lora_dropout: float = 0.0                    # dropout on the A path's input
-    init_lora_weights: str = "gaussian"          # gaussian | kaiming | reversed | zeros (see init_lora_pair)
-    init_std: float | None = None                # gaussian std; None = 1/r (PEFT)
+    init_lora_weights: str = "gaussian"          # gaussian | peft_gaussian | kaiming | reversed | zeros
+    init_std: float | None = None                # gaussian std; None = 1/sqrt(d_in) (see init_lora_pair)
     bias: str = "none"                           # none | all | lora_only: which biases also train
     modules_to_save: tuple = ()                  # trained fully and saved with the adapter, e.g. ("head",)
     use_rslora: bool = False                     # scale alpha / sqrt(r) instead (Kalajievski 2023)
@@ -205,9 +211,22 @@ def resolve_targets(model: GPT, config: LoRAConfig) -> dict[str, tuple[int, floa
 
 
 def expected_trainable_count(config: LoRAConfig, n_layer: int, d_model: int) -> int:
-    """|Theta| = 2 x L_hat x d_model x r for square attention targets (§7.1, LORA_NOTES §3)."""
+    """|Theta| = 2 x L_hat x d_model x r (Hu et al. 2021, §5.1), for square attention targets.
+
+    L_hat is the number of adapted matrices. For other shapes count r (d_in + d_out) per matrix,
+    as ``lora_param_count`` does.
+    """
+    square = {"wq", "wk", "wv", "wo", "attn.wq", "attn.wk", "attn.wv", "attn.wo"}
+    if not set(config.target_modules) <= square or config.rank_pattern:
+        raise ValueError("the 2 x L_hat x d x r formula holds for square attention targets with one rank; "
+                         "use lora_param_count for MLP targets or rank patterns")
     layers = config.layers_to_transform if config.layers_to_transform is not None else range(n_layer)
     return 2 * len(config.target_modules) * len(layers) * d_model * config.r
+
+
+def lora_param_count(model: GPT, config: LoRAConfig) -> int:
+    """Trainable LoRA parameters for any targets: sum over adapted W0 (d_out, d_in) of r (d_in + d_out)."""
+    return sum(r * sum(model.params[name + ".weight"].shape) for name, (r, _) in resolve_targets(model, config).items())
 
 
 # --------------------------------------------------------------------------- the hook
@@ -417,7 +436,12 @@ class LoraModel:
         self._apply()
 
     def unmerge_adapter(self):
-        """W <- W - s B A: back to W0 (up to float rounding, measured in the tests)."""
+        """W <- W - s B A: back to W0 up to float rounding (measured in the tests, ~1e-8 in float32).
+
+        The rounding is real: after a merge/unmerge cycle some base weights differ from W0 in the
+        last bits, so ``disable_adapter`` then matches the base to float32 tolerance rather than
+        bit for bit. ``base_fingerprint`` (taken when the LoraModel was made) still identifies the base.
+        """
         name = self._require_active("unmerge")
         if not self.merged:
             raise RuntimeError(f"adapter {name!r} is not merged; there is nothing to unmerge")
@@ -429,10 +453,13 @@ class LoraModel:
         self._apply()
 
     def merge_and_unload(self) -> GPT:
-        """Merge the active adapter and return a plain GPT without any adapter weights or hooks."""
+        """Merge the active adapter and return a plain GPT without any adapter weights or hooks.
+
+        The returned model owns copies of the weights: later calls on this LoraModel cannot change it.
+        """
         if not self.merged:
             self.merge_adapter()
-        params = {k: v for k, v in self.model.params.items() if ".lora_" not in k}
+        params = {k: v.copy() for k, v in self.model.params.items() if ".lora_" not in k}
         plain = GPT(self.model.config, params)
         plain.freeze()
         return plain

@@ -61,6 +61,13 @@ def task_accuracy(model: GPT, tasks=PRETRAIN_TASKS, *, seed: int = 20_000, n: in
             for t in tasks}
 
 
+def base_info(path=None) -> dict:
+    """What the base's config.json records about how it was made (tasks, recipe, accuracy)."""
+    from minilora.io import read_json
+
+    return read_json(Path(path or SHIPPED_BASE) / "config.json").get("extra", {})
+
+
 def load_base(path=None, *, dtype=None) -> tuple[GPT, CharTokenizer]:
     """The shipped pretrained base (or the one at ``path``) and its tokenizer."""
     path = Path(path) if path is not None else SHIPPED_BASE

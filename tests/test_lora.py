@@ -6,7 +6,7 @@ from minilora import io
 from minilora.gradcheck import check_layer
 from minilora.layers import cross_entropy_backward, cross_entropy_forward, linear_forward
 from minilora.lora import (LoRAConfig, LoraModel, expected_trainable_count, init_lora_pair, lora_backward,
-                           lora_forward, merge_weights, unmerge_weights)
+                           lora_forward, lora_param_count, merge_weights, unmerge_weights)
 from minilora.model import GPT, GPTConfig
 from minilora.optim import AdamW
 from minilora.train import loss_and_grads
@@ -93,9 +93,16 @@ def test_update_BA_has_W0_shape_and_rank_at_most_r(rng):
     assert dW.shape == (8, 10) and np.linalg.matrix_rank(dW) == 3
 
 
-def test_gaussian_init_has_the_documented_std():
-    """A ~ N(0, (1/r)^2) by default (PEFT's "gaussian"), B = 0."""
-    A, B_ = init_lora_pair(64, 4096, 4, dtype=np.float64)
+def test_gaussian_init_has_std_one_over_sqrt_d_in_independent_of_r():
+    """Default: A ~ N(0, 1/d_in), the same for every r, and B = 0."""
+    for r in (1, 16):
+        A, B_ = init_lora_pair(64, 4096, r, dtype=np.float64, rng=np.random.default_rng(r))
+        assert A.std() == pytest.approx(1 / 64, rel=0.03) and not B_.any(), (r, A.std())
+
+
+def test_peft_gaussian_init_has_std_one_over_r():
+    """init_lora_weights="peft_gaussian" is PEFT's "gaussian": A ~ N(0, (1/r)^2)."""
+    A, B_ = init_lora_pair(64, 4096, 4, init="peft_gaussian", dtype=np.float64)
     assert A.std() == pytest.approx(0.25, rel=0.02) and not B_.any()
 
 
@@ -155,6 +162,15 @@ def test_trainable_count_is_2_Lhat_d_r():
     config = LoRAConfig(r=4, target_modules=["wq", "wk", "wv", "wo"])
     lm = LoraModel(base_model(), config)
     assert lm.num_params(trainable_only=True) == 2 * 8 * 16 * 4 == expected_trainable_count(config, 2, 16)
+
+
+def test_trainable_count_is_r_times_d_in_plus_d_out_for_any_target():
+    """For MLP targets (non-square) each matrix adds r (d_in + d_out): fc (64, 16) and proj (16, 64)."""
+    config = LoRAConfig(r=3, target_modules=["fc", "proj"])
+    lm = LoraModel(base_model(), config)
+    assert lm.num_params(trainable_only=True) == lora_param_count(lm.model, config) == 2 * 2 * 3 * (16 + 64)
+    with pytest.raises(ValueError, match="square attention targets"):
+        expected_trainable_count(config, 2, 16)
 
 
 def test_everything_but_the_adapter_is_frozen():

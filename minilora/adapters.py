@@ -1,0 +1,237 @@
+"""Bottleneck adapters: the baseline that LoRA is measured against (Hu et al. 2021, §3, §5.1, Table 1).
+
+An adapter (Houlsby et al. 2019) is a small residual MLP inserted after a sublayer's output:
+
+    z = y + up(GELU(down(y))) = y + GELU(y W_down^T + b_down) W_up^T + b_up
+
+    y (B, T, C)       output of a frozen linear layer (attn.wo or mlp.proj)
+    W_down (m, C)     down-projection to the bottleneck, b_down (m,)
+    W_up (C, m)       up-projection back to the residual width, b_up (C,)
+
+Shape letters: B batch, T time, C channels, m bottleneck size (m << C), N = B*T rows.
+Weights are stored (d_out, d_in) and applied as x @ W.T, like every layer of minilora.
+
+Unlike LoRA's B A, the adapter is not linear (the GELU sits between the two projections), so it
+cannot be merged into W0: at inference it always runs, after the layer it follows and before the
+next one. That is the extra sequential depth that Table 1 of the LoRA paper measures.
+
+Variants (``AdapterConfig.variant``), as the LoRA paper names them in §5.1:
+  * "houlsby" (AdapterH): two adapters per block, one after the attention output projection
+    attn.wo and one after the MLP output projection mlp.proj, each before the residual add.
+    That is Houlsby et al.'s placement.
+  * "lin" (AdapterL): one adapter per block, after mlp.proj, before the residual add.
+    Lin et al. 2020 put one adapter at the end of each block and normalise its input with its own
+    LayerNorm, with ReLU (their Adapter(H) = H + ReLU(LN(H) W_E) W_D); minilora keeps the
+    same count and position in depth (one adapter after the MLP) but uses the same layer as
+    AdapterH: no LayerNorm inside, GELU. The latency comparison is unchanged by this (a LayerNorm
+    is elementwise work; the two thin products and the extra sequential step are the same).
+
+Initialisation: W_down ~ N(0, init_std^2) (0.02 by default, GPT-2's weight scale), b_down = 0,
+W_up = 0, b_up = 0. Houlsby et al. start "near identity" with small random weights on both
+projections; minilora sets W_up = 0 so that the adapted model equals the base model exactly at
+init, as LoRA does with B = 0 (§4.1). The consequence is the same as LoRA's: at step 0 the
+gradient reaching W_down is zero (du = dz W_up = 0), so only W_up and b_up move first.
+
+What trains: the adapters only (plus ``modules_to_save``, e.g. a classification head). Houlsby
+et al. also train the LayerNorm parameters; minilora keeps them frozen, so every trainable
+parameter sits in an adapter and the count is exactly L * n_adapters * (2 C m + m + C).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from minilora import backend
+from minilora.layers import gelu_backward, gelu_forward, linear_backward, linear_forward
+from minilora.model import GPT, GPTConfig
+
+# variant -> the linear layers (under ``blocks.{i}.``) whose output each adapter follows
+VARIANTS = {"houlsby": ("attn.wo", "mlp.proj"), "lin": ("mlp.proj",)}
+# parameter names of one adapter, under ``{module}.``; the ``.adapter_`` keeps them out of base_params
+ADAPTER_KEYS = ("adapter_down.weight", "adapter_down.bias", "adapter_up.weight", "adapter_up.bias")
+
+
+# --------------------------------------------------------------------------- the layer
+def adapter_forward(y, W_down, b_down, W_up, b_up):
+    """z = y + GELU(y W_down^T + b_down) W_up^T + b_up (Houlsby et al. 2019, Fig. 2).
+
+    y (B, T, C), W_down (m, C), b_down (m,), W_up (C, m), b_up (C,)  ->  z (B, T, C);
+    cache = (c_down, c_gelu, c_up): the caches of the three layers, in forward order.
+    """
+    h, c_down = linear_forward(y, W_down, b_down)        # (B, T, m): into the bottleneck
+    g, c_gelu = gelu_forward(h)                          # (B, T, m)
+    u, c_up = linear_forward(g, W_up, b_up)              # (B, T, C): back to the residual width
+    return y + u, (c_down, c_gelu, c_up)                 # the adapter's own skip connection
+
+
+def adapter_backward(dz, cache):
+    """dz (B, T, C) -> dy (B, T, C), dW_down (m, C), db_down (m,), dW_up (C, m), db_up (C,).
+
+    The forward read upside down; y feeds both the skip and the bottleneck, so dy is the sum.
+    """
+    c_down, c_gelu, c_up = cache
+    dg, dW_up, db_up = linear_backward(dz, c_up)         # forward: u = g W_up^T + b_up
+    dh = gelu_backward(dg, c_gelu)                       # forward: g = GELU(h)
+    dy, dW_down, db_down = linear_backward(dh, c_down)   # forward: h = y W_down^T + b_down
+    dy += dz                                             # forward: z = y + u (fan-out of y)
+    return dy, dW_down, db_down, dW_up, db_up
+
+
+def init_adapter(C: int, m: int, *, std: float = 0.02, rng=None, dtype=None) -> dict:
+    """One adapter's weights, keyed like ADAPTER_KEYS: W_down ~ N(0, std^2), everything else 0.
+
+    W_up = 0 and b_up = 0 make the adapter the identity at init (z = y exactly).
+    """
+    rng = rng if rng is not None else backend.rng(0)
+    values = (rng.normal(0.0, std, (m, C)), np.zeros(m), np.zeros((C, m)), np.zeros(C))
+    return {k: backend.asarray(v, dtype=dtype or backend.default_dtype()) for k, v in zip(ADAPTER_KEYS, values)}
+
+
+# --------------------------------------------------------------------------- configuration
+@dataclass
+class AdapterConfig:
+    variant: str = "houlsby"          # "houlsby" (AdapterH, after attn.wo and mlp.proj) or "lin" (AdapterL, after mlp.proj)
+    bottleneck: int = 8               # m: width of the bottleneck, m << C
+    init_std: float = 0.02            # W_down ~ N(0, init_std^2); W_up = 0, so the model starts equal to the base
+    modules_to_save: tuple = ()       # also trained fully, e.g. ("head",) after add_classification_head
+    seed: int = 0                     # initialisation of W_down
+
+    def __post_init__(self):
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown adapter variant {self.variant!r}; choose one of {sorted(VARIANTS)} "
+                             f"('houlsby' = AdapterH, two per block; 'lin' = AdapterL, one per block)")
+        if int(self.bottleneck) != self.bottleneck or self.bottleneck < 1:
+            raise ValueError(f"bottleneck size m must be a positive integer, got {self.bottleneck}")
+        if not self.init_std > 0:
+            raise ValueError(f"init_std must be positive, got {self.init_std}")
+        self.modules_to_save = tuple([self.modules_to_save] if isinstance(self.modules_to_save, str)
+                                     else self.modules_to_save)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def adapter_modules(config: GPTConfig, adapter_config: AdapterConfig) -> list[str]:
+    """The linear layers an adapter follows, e.g. ['blocks.0.attn.wo', 'blocks.0.mlp.proj', ...]."""
+    return [f"blocks.{i}.{k}" for i in range(config.n_layer) for k in VARIANTS[adapter_config.variant]]
+
+
+def expected_trainable_count(adapter_config: AdapterConfig, n_layer: int, d_model: int) -> int:
+    """L * (adapters per block) * (2 C m + m + C): two C x m matrices and two bias vectors each."""
+    C, m = d_model, adapter_config.bottleneck
+    return n_layer * len(VARIANTS[adapter_config.variant]) * (2 * C * m + m + C)
+
+
+# --------------------------------------------------------------------------- the hook
+class _AdapterHook:
+    """Runs one frozen linear layer, then its adapter (see model.linear_hooks)."""
+
+    @staticmethod
+    def keys(name: str) -> list[str]:
+        return [f"{name}.{k}" for k in ADAPTER_KEYS]
+
+    def forward(self, model, name, x, training):
+        """x (B, T, d_in) -> z (B, T, C); cache = (frozen linear's cache, adapter's cache)."""
+        y, c_lin = linear_forward(x, model.params[name + ".weight"], model.params[name + ".bias"])
+        z, c_ad = adapter_forward(y, *(model.params[k] for k in self.keys(name)))
+        return z, (c_lin, c_ad)
+
+    def backward(self, model, name, dz, cache, grads):
+        """dz (B, T, C) -> dx (B, T, d_in); adapter gradients go into ``grads``."""
+        c_lin, c_ad = cache
+        dy, *dparams = adapter_backward(dz, c_ad)            # forward: z = adapter(y)
+        for key, g in zip(self.keys(name), dparams):
+            if key in model.trainable:
+                grads[key] = g
+        # forward: y = x W0^T + b0. The base is frozen: input gradient only, no dW0 and no db0.
+        dx, _, _ = linear_backward(dy, c_lin, weight_grad=False)
+        return dx
+
+
+# --------------------------------------------------------------------------- adapters on a model
+class AdapterModel:
+    """A frozen GPT with bottleneck adapters after attn.wo and/or mlp.proj of every block.
+
+    Offers the model interface (params, trainable, config, dtype, forward, classify, backward,
+    num_params), so ``minilora.train.train`` trains it like a GPT or a LoraModel. ``config`` is
+    the GPT's config; the adapters' own is ``adapter_config``.
+    """
+
+    def __init__(self, model: GPT, config: AdapterConfig | None = None):
+        config = config or AdapterConfig()
+        modules = adapter_modules(model.config, config)
+        taken = sorted(set(modules) & set(model.linear_hooks))
+        if taken:
+            raise ValueError(f"{taken[:3]} already run through another hook (a LoRA adapter?); an adapter "
+                             f"follows the plain frozen layer. Merge and unload the other adapter first")
+        saved = self._saved_names(model, config)
+        self.model, self.adapter_config, self.modules = model, config, modules
+        model.freeze()                                       # the pre-trained weights stay frozen
+        rng = backend.rng(config.seed)
+        C = model.config.n_embd
+        hook = _AdapterHook()
+        for name in modules:
+            for key, value in init_adapter(C, config.bottleneck, std=config.init_std, rng=rng,
+                                           dtype=model.dtype).items():
+                model.params[f"{name}.{key}"] = value
+            model.linear_hooks[name] = hook
+        self.adapter_names = [k for name in modules for k in hook.keys(name)]
+        model.trainable |= set(self.adapter_names) | set(saved)
+
+    @staticmethod
+    def _saved_names(model: GPT, config: AdapterConfig) -> list[str]:
+        names = []
+        for m in config.modules_to_save:
+            found = [k for k in model.params if (k.startswith(m + ".") or f".{m}." in k) and ".adapter_" not in k]
+            if not found:
+                raise ValueError(f"modules_to_save entry {m!r} matches no parameter; e.g. 'head' (after "
+                                 f"add_classification_head) or 'ln_f'")
+            names += found
+        return sorted(set(names))
+
+    # ---------------------------------------------------------------- model interface
+    params = property(lambda self: self.model.params)
+    trainable = property(lambda self: self.model.trainable)
+    config = property(lambda self: self.model.config)
+    dtype = property(lambda self: self.model.dtype)
+
+    def forward(self, idx, *, training=False):
+        return self.model.forward(idx, training=training)
+
+    def classify(self, idx, last, *, training=False):
+        return self.model.classify(idx, last, training=training)
+
+    def backward(self, dlogits, cache):
+        unfrozen = sorted(k for m in self.modules for k in (m + ".weight", m + ".bias") if k in self.model.trainable)
+        if unfrozen:   # the hook computes no dW0 for the layers it wraps: say so instead of training nothing
+            raise RuntimeError(f"{unfrozen[:3]} are trainable, but the layers an adapter follows stay frozen "
+                               f"(their hook computes no weight gradient); freeze them again")
+        return self.model.backward(dlogits, cache)
+
+    def num_params(self, trainable_only: bool = False) -> int:
+        return self.model.num_params(trainable_only)
+
+    # ---------------------------------------------------------------- reports and removal
+    def adapter_state(self) -> dict:
+        """The adapter tensors, keyed by their full parameter names."""
+        return {k: self.model.params[k] for k in self.adapter_names}
+
+    def trainable_report(self) -> dict:
+        """Trainable and total parameter counts, and the percentage that trains."""
+        n_train, n_all = self.num_params(trainable_only=True), self.num_params()
+        return {"trainable": n_train, "total": n_all, "percent": 100.0 * n_train / n_all}
+
+    def unload(self) -> GPT:
+        """Remove the adapters and their hooks; returns the plain (frozen) base GPT.
+
+        There is no merge: the GELU between the two projections makes the adapter non-linear,
+        so no single weight matrix can stand in for linear layer + adapter.
+        """
+        self.model.freeze()
+        for name in self.modules:
+            self.model.linear_hooks.pop(name, None)
+        for k in self.adapter_names:
+            self.model.params.pop(k, None)
+        return self.model
+
