@@ -16,11 +16,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/minilora demo
 
+# One BLAS thread: the test models are tiny, and threads only add start-up cost and contention.
 test: $(STAMP)
-	$(BIN)/python -m pytest tests tutorials --nbmake --nbmake-timeout=600
+	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests tutorials --nbmake --nbmake-timeout=600
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest tests -m "not slow"
+	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest tests -m "not slow"
 
 notebooks: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[notebooks]'
