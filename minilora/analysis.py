@@ -93,10 +93,12 @@ def subspace_similarity_grid(A1, A2) -> np.ndarray:
     M = (U1^T U2)^2 elementwise (r1, r2), ||U1_i^T U2_j||_F^2 = sum of M[:i, :j], a 2-D prefix sum.
     """
     A1, A2 = _check_pair(A1, A2)
+    ### BEGIN SOLUTION
     M = (right_singular_basis(A1).T @ right_singular_basis(A2)) ** 2     # (r1, r2)
     prefix = M.cumsum(axis=0).cumsum(axis=1)                              # (r1, r2): sum of M[:i, :j]
     i = np.arange(1, A1.shape[0] + 1)[:, None]                            # (r1, 1)
     j = np.arange(1, A2.shape[0] + 1)[None, :]                            # (1, r2)
+    ### END SOLUTION
     return prefix / np.minimum(i, j)
 
 

@@ -127,7 +127,7 @@ STEPS: list[Step] = [
                                  "test_merge_then_unmerge_restores_the_base_logits",
                                  "test_merge_and_unload_gives_a_plain_model_with_the_same_outputs")},
          "W = W0 + (alpha / r) B A: no extra latency, and back"),
-    Step(9, "subspace_similarity", "minilora/analysis.py", "subspace_similarity",
+    Step(9, "subspace_similarity", "minilora/analysis.py", ("subspace_similarity", "subspace_similarity_grid"),
          {"tests/test_analysis.py": ("subspace_similarity",)},
          "overlap of the right singular subspaces of two adapters"),
 ]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from minilora.data import PRETRAIN_TASKS, CharTokenizer, default_tokenizer, make_dataset, make_mixture
 from minilora.model import GPT, GPTConfig, load_model, save_model
-from minilora.train import History, TrainConfig, evaluate, train
+from minilora.train import TrainConfig, evaluate, train
 
 SHIPPED_BASE = Path(__file__).parent / "checkpoints" / "base"
 BLOCK_SIZE = 24          # T: the longest task example ("srt:" + 8 + "=" + 8 + ".") is 22 tokens

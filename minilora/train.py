@@ -17,7 +17,6 @@ import numpy as np
 from tqdm import tqdm  # plain tqdm, not tqdm.auto: no widget JSON in notebooks
 
 from minilora import backend
-from minilora.backend import xp
 from minilora.data import TextData, iterate_batches
 from minilora.layers import cross_entropy_backward, cross_entropy_forward
 from minilora.model import GPT, save_model

@@ -1,0 +1,537 @@
+"""The training experiments behind the rank analyses of Hu et al. 2021 (§7, Tables 5-7, Figures 3-4).
+
+Every experiment fine-tunes the shipped base (or any ``GPT``) on one downstream task and returns
+plain data (lists, dicts, NumPy arrays); each has a ``plot_*`` function that saves a PNG.
+
+    rank_sweep              Table 6 / 18: accuracy for r in RANKS x the target sets TARGET_SETS
+    budget_sweep            Table 5: one fixed number of trainable parameters spread over matrix types
+    subspace_analysis       Figures 3, 4: phi between the r = 8 and r = 64 adapters, and between seeds
+    amplification_analysis  Table 7: how much dW amplifies directions of W
+    full_finetune_spectra   singular values of the full fine-tuning update W_ft - W0
+    init_ablation           §4.1: which factor moves first for each initialisation of A and B
+    recommend_rank          a rank per target matrix, with its evidence
+
+Runs are shared: a ``Lab`` holds the base, the task's data and every run made so far, keyed by
+(targets, r, seed, init), so the r = 8 and r = 64 {wq, wv} adapters of the rank sweep also feed
+the subspace and amplification analyses. This file is longer than the usual 300 lines because the
+seven experiments read the same ``Lab``; each section stands alone.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from minilora import analysis
+from minilora.backend import to_numpy
+from minilora.data import ClassificationData, iterate_batches, make_splits
+from minilora.finetune import prepare
+from minilora.lora import TARGETS, LoRAConfig, LoraModel
+from minilora.model import BLOCK_LINEARS
+from minilora.pretrain import load_base
+from minilora.train import TrainConfig, evaluate, loss_and_grads, to_backend, train
+
+RANKS = (1, 2, 4, 8, 16, 64)
+TARGET_SETS = (("wq",), ("wq", "wv"), ("wq", "wk", "wv", "wo"), ("wq", "wv", "fc", "proj"))
+# (label, init_lora_weights, init_std); init_std None = that init's default (minilora.lora.init_lora_pair)
+INIT_VARIANTS = (("gaussian, std 1/sqrt(d_in)", "gaussian", None), ("gaussian, std 1/r (PEFT)", "peft_gaussian", None),
+                 ("gaussian, std 0.02", "gaussian", 0.02), ("kaiming-uniform", "kaiming", None),
+                 ("reversed (A = 0, B random)", "reversed", None), ("both zero", "zeros", None))
+
+
+# --------------------------------------------------------------------------- settings and runs
+@dataclass
+class SweepConfig:
+    task: str = "shift"          # downstream task (minilora.data.DOWNSTREAM_TASKS)
+    steps: int = 300             # per run, the same for every run (400 took the 35 runs past 10 min on 2 busy cores)
+    batch_size: int = 16         # 16 costs under half of 32 per step and learns about as fast per step
+    lr: float = 1e-2             # LoRA learning rate (AdamW), as minilora.finetune's default
+    full_lr: float = 1e-3        # full fine-tuning learning rate
+    warmup_steps: int = 20
+    lora_alpha: float = 8.0      # §4.1: "we simply set alpha to the first r we try": 8, for every r
+    init: str = "gaussian"       # LoRAConfig default: A ~ N(0, 1/d_in), B = 0; its size does not depend on r
+    n_train: int = 2000          # training examples (a run sees 300 x 16 = 2.4 epochs)
+    n_test: int = 300            # held-out examples for accuracy and loss
+    ranks: tuple = RANKS
+    target_sets: tuple = TARGET_SETS
+    budget_rank: int = 8         # Table 5: r = 8 on one matrix type = r = 4 on two = r = 2 on four
+    init_variants: tuple = INIT_VARIANTS
+    seed: int = 0                # data, LoRA initialisation and batch order of the main runs
+    progress: bool = True        # one line per run
+
+    @classmethod
+    def quick(cls, task: str = "shift", **overrides) -> "SweepConfig":
+        """Fewer steps, ranks and target sets: every analysis in well under a minute."""
+        settings = dict(task=task, steps=30, n_train=400, n_test=100, ranks=(1, 4, 8, 64),
+                        target_sets=(("wq",), ("wq", "wv")), warmup_steps=5,
+                        init_variants=tuple(v for v in INIT_VARIANTS if v[2] is None))
+        settings.update(overrides)
+        return cls(**settings)
+
+
+@dataclass
+class Run:
+    """One fine-tuning run: what it trained and what it measured."""
+    method: str                  # "lora" or "full"
+    targets: tuple
+    r: int
+    seed: int
+    init: str
+    accuracy: float
+    loss: float
+    trainable: int
+    seconds: float
+    model: object = field(repr=False, default=None)
+
+
+class Lab:
+    """A base model, one task's train/test split, and every run made on them (cached)."""
+
+    def __init__(self, config: SweepConfig | None = None, base=None, log=None):
+        self.config = config or SweepConfig()
+        self.base = base if base is not None else load_base()[0]
+        self.train_data, self.test_data = make_splits(self.config.task, self.config.n_train, self.config.n_test,
+                                                      seed=self.config.seed, block_size=self.base.config.block_size)
+        self.classification = isinstance(self.train_data, ClassificationData)
+        self.runs: dict[tuple, Run] = {}
+        self.log = log if log is not None else (print if self.config.progress else (lambda *a: None))
+        self.seconds = 0.0       # wall time spent training and evaluating
+
+    def lora_config(self, targets, r, *, seed=None, init=None, init_std=None) -> LoRAConfig:
+        return LoRAConfig(r=r, lora_alpha=self.config.lora_alpha, target_modules=tuple(targets),
+                          init_lora_weights=init or self.config.init, init_std=init_std,
+                          seed=self.config.seed if seed is None else seed,
+                          modules_to_save=("head",) if self.classification else ())
+
+    def lora(self, targets, r: int, *, seed=None, init=None, init_std=None) -> Run:
+        """The run of LoRA with rank r on ``targets`` (trained on first use, then cached)."""
+        seed = self.config.seed if seed is None else seed
+        init = init or self.config.init
+        key = ("lora", tuple(targets), int(r), seed, init, init_std)
+        if key not in self.runs:
+            cfg = self.lora_config(targets, r, seed=seed, init=init, init_std=init_std)
+            model = prepare(self.base, "lora", self.train_data, cfg, seed=self.config.seed)
+            label = f"lora {_label(targets)} r={r}"
+            if seed != self.config.seed:
+                label += f" seed={seed}"
+            if init != self.config.init or init_std is not None:
+                label += f" {init}" + (f" std={init_std}" if init_std is not None else "")
+            self.runs[key] = self._train(model, "lora", tuple(targets), int(r), seed, init, self.config.lr, label)
+        return self.runs[key]
+
+    def full(self) -> Run:
+        """Full fine-tuning of every base weight (trained on first use, then cached)."""
+        key = ("full",)
+        if key not in self.runs:
+            model = prepare(self.base, "full", self.train_data, seed=self.config.seed)
+            self.runs[key] = self._train(model, "full", (), 0, self.config.seed, "", self.config.full_lr,
+                                         "full fine-tuning")
+        return self.runs[key]
+
+    def _train(self, model, method, targets, r, seed, init, lr, label) -> Run:
+        c = self.config
+        tc = TrainConfig(steps=c.steps, batch_size=c.batch_size, lr=lr, warmup_steps=c.warmup_steps,
+                         weight_decay=0.0, eval_every=c.steps, seed=seed, progress=False)
+        t0 = time.perf_counter()
+        train(model, self.train_data, None, tc, desc=label)
+        final = evaluate(model, self.test_data)
+        seconds = time.perf_counter() - t0
+        self.seconds += seconds
+        self.log(f"  [{len(self.runs) + 1:>2}] {label:<34} accuracy {100 * final['accuracy']:5.1f}%  "
+                 f"loss {final['loss']:.3f}  ({seconds:.0f} s)")
+        return Run(method, targets, r, seed, init, final["accuracy"], final["loss"],
+                   model.num_params(trainable_only=True), seconds, model)
+
+
+def _save(fig, path, *, tight: bool = True):
+    """Save ``fig`` as a PNG (making folders) and close it. tight=False for constrained-layout figures."""
+    from pathlib import Path
+
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _label(targets) -> str:
+    return ",".join(targets)
+
+
+# --------------------------------------------------------------------------- 1. rank sweep (Tables 6, 18)
+def rank_sweep(lab: Lab, ranks=None, target_sets=None) -> dict:
+    """Accuracy and loss for every (target set, r); alpha fixed at lab.config.lora_alpha (§4.1).
+
+    Returns {"task", "ranks" (n_r,), "target_sets" (n_s,), "accuracy", "loss", "trainable"
+    (each a list of n_s lists of n_r numbers), "lora_alpha", "steps"}.
+    """
+    ranks = tuple(ranks or lab.config.ranks)
+    target_sets = tuple(tuple(t) for t in (target_sets or lab.config.target_sets))
+    runs = [[lab.lora(targets, r) for r in ranks] for targets in target_sets]
+    return {"task": lab.config.task, "ranks": list(ranks), "target_sets": [list(t) for t in target_sets],
+            "accuracy": [[x.accuracy for x in row] for row in runs], "loss": [[x.loss for x in row] for row in runs],
+            "trainable": [[x.trainable for x in row] for row in runs],
+            "lora_alpha": lab.config.lora_alpha, "steps": lab.config.steps}
+
+
+def plot_rank_sweep(sweep: dict, path):
+    """Accuracy (left) and test loss (right) against r, one line per target set."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for targets, acc, loss in zip(sweep["target_sets"], sweep["accuracy"], sweep["loss"]):
+        axes[0].plot(sweep["ranks"], 100 * np.asarray(acc), "o-", label=_label(targets))
+        axes[1].plot(sweep["ranks"], loss, "o-", label=_label(targets))
+    for ax, name in zip(axes, ("exact-match accuracy (%)", "test loss")):
+        ax.set(xscale="log", xlabel="rank r", ylabel=name, xticks=sweep["ranks"], xticklabels=sweep["ranks"])
+        ax.minorticks_off()
+    axes[1].set_yscale("log")
+    axes[0].legend(fontsize=8)
+    axes[0].set_title(f"{sweep['task']}: rank sweep, alpha = {sweep['lora_alpha']:g} (Table 6)", fontsize=10)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- 2. fixed budget (Table 5)
+def budget_configs(budget_rank: int = 8) -> list[tuple[tuple, int]]:
+    """Table 5's seven ways to spend one budget: r = budget_rank on one matrix type, half on two, a
+    quarter on all four. |Theta| = 2 L_hat d r (§7.1) is the same for all of them."""
+    if budget_rank < 4 or budget_rank % 4:
+        raise ValueError(f"budget_rank must be a positive multiple of 4 (it is split over 1, 2 and 4 "
+                         f"matrix types), got {budget_rank}")
+    sets = [("wq",), ("wk",), ("wv",), ("wo",), ("wq", "wk"), ("wq", "wv"), ("wq", "wk", "wv", "wo")]
+    return [(s, budget_rank // len(s)) for s in sets]
+
+
+def budget_sweep(lab: Lab, budget_rank: int | None = None) -> list[dict]:
+    """One row per budget configuration: label, targets, r, trainable, accuracy, loss.
+
+    Raises if the configurations do not all train the same number of parameters.
+    """
+    rows = []
+    for targets, r in budget_configs(budget_rank or lab.config.budget_rank):
+        run = lab.lora(targets, r)
+        rows.append({"label": f"{_label(targets)} r={r}", "targets": list(targets), "r": r,
+                     "trainable": run.trainable, "accuracy": run.accuracy, "loss": run.loss})
+    counts = {row["label"]: row["trainable"] for row in rows}
+    if len(set(counts.values())) != 1:
+        raise RuntimeError(f"the budget configurations train different numbers of parameters: {counts}")
+    return rows
+
+
+def plot_budget(rows: list[dict], path, task: str = ""):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.bar([r["label"] for r in rows], [100 * r["accuracy"] for r in rows], color="tab:blue")
+    ax.set(ylabel="exact-match accuracy (%)",
+           title=f"{task}: {rows[0]['trainable']:,} trainable parameters each (Table 5)")
+    ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- 3. subspace similarity (Figs 3, 4)
+def compare_adapters(lm1: LoraModel, lm2: LoraModel, modules=None, *, adapter1=None, adapter2=None) -> dict:
+    """{module: phi grid (r1, r2)} between the A matrices of two adapters (eq. 4 for every i, j).
+
+    modules: full names ("blocks.2.attn.wq"); None = every module, which then must be the same
+    set in both adapters. A module adapted by only one of them raises ValueError naming it.
+    """
+    mods1 = set(lm1.modules[adapter1 or lm1.active_adapter])
+    mods2 = set(lm2.modules[adapter2 or lm2.active_adapter])
+    if modules is None:
+        if mods1 != mods2:
+            raise ValueError(f"the adapters adapt different modules: only the first has {sorted(mods1 - mods2)}, "
+                             f"only the second has {sorted(mods2 - mods1)}; pass modules= to compare the common ones")
+        modules = sorted(mods1)
+    missing = {m: [i + 1 for i, mods in enumerate((mods1, mods2)) if m not in mods] for m in modules}
+    missing = {m: which for m, which in missing.items() if which}
+    if missing:
+        raise ValueError("cannot compare modules the adapters do not both adapt: "
+                         + "; ".join(f"{m} missing in adapter {' and '.join(map(str, w))}" for m, w in missing.items())
+                         + f". The first adapts {sorted(mods1)}, the second {sorted(mods2)}")
+    return {m: analysis.subspace_similarity_grid(analysis.lora_factors(lm1, m, adapter1)[0],
+                                                 analysis.lora_factors(lm2, m, adapter2)[0]) for m in modules}
+
+
+def subspace_analysis(lab: Lab, *, targets=("wq", "wv"), r_small: int = 8, r_large: int = 64,
+                      seeds=(0, 1), k: int = 8) -> dict:
+    """phi between the {wq, wv} adapters at r_small and r_large (Figure 3) and at r_large from two
+    seeds (Figure 4), per layer and target, plus two random Gaussian A as the reference pair.
+
+    Per module: "phi11" = phi(A_small, A_large, 1, 1) (the paper: > 0.5), "shared_k" =
+    ||U1_k^T U2_k||_F^2 = k phi(k, k) for the two seeds: directions shared among the top k (random:
+    k^2 / d_in). Returns grids (NumPy arrays) and a per-module summary list.
+    """
+    adapter_targets = ("wq", "wv")
+    if not set(targets) <= set(adapter_targets):
+        raise ValueError(f"targets must be among the analysed adapters' {adapter_targets}, got {targets}")
+    small = lab.lora(adapter_targets, r_small, seed=seeds[0]).model
+    large = lab.lora(adapter_targets, r_large, seed=seeds[0]).model
+    other = lab.lora(adapter_targets, r_large, seed=seeds[1]).model
+    L = lab.base.config.n_layer
+    modules = [f"blocks.{i}.{TARGETS[t]}" for i in range(L) for t in targets]
+    by_rank, by_seed = compare_adapters(small, large, modules), compare_adapters(large, other, modules)
+    d_in = int(lab.base.params[modules[0] + ".weight"].shape[1])
+    gen = np.random.default_rng(12345)
+    random_grid = analysis.subspace_similarity_grid(gen.standard_normal((r_large, d_in)),
+                                                    gen.standard_normal((r_large, d_in)))
+    summary = [{"module": m, "layer": int(m.split(".")[1]), "target": m.split(".")[-1],
+                "phi11": float(by_rank[m][0, 0]), "shared_k": float(k * by_seed[m][k - 1, k - 1])} for m in modules]
+    return {"d_in": d_in, "r_small": r_small, "r_large": r_large, "k": k, "modules": modules,
+            "by_rank": by_rank, "by_seed": by_seed, "random": random_grid, "summary": summary,
+            "baseline_phi11": analysis.random_baseline(1, 1, d_in), "baseline_shared_k": k * k / d_in,
+            "random_phi11": float(random_grid[0, 0]), "random_shared_k": float(k * random_grid[k - 1, k - 1])}
+
+
+def plot_subspace(result: dict, path, *, top: int = 16):
+    """Rows: layer x target. Columns: r_small vs r_large (i, j <= r_small), seed vs seed (top x top),
+    two random matrices (top x top). Titles give the random baseline max(i, j) / d_in's range."""
+    import matplotlib.pyplot as plt
+
+    mods, rs, d = result["modules"], result["r_small"], result["d_in"]
+    fig, axes = plt.subplots(len(mods), 3, figsize=(9, 2.4 * len(mods) + 0.6), squeeze=False,
+                             layout="constrained")
+    for row, m in zip(axes, mods):
+        panels = [(result["by_rank"][m][:rs, :rs], f"{m}: r={rs} vs r={result['r_large']}"),
+                  (result["by_seed"][m][:top, :top], f"seed 0 vs seed 1, r={result['r_large']}"),
+                  (result["random"][:top, :top], f"two random A (baseline up to {top / d:.2f})")]
+        for ax, (grid, title) in zip(row, panels):
+            im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", origin="upper",
+                           extent=(0.5, grid.shape[1] + 0.5, grid.shape[0] + 0.5, 0.5))
+            ax.set_title(title, fontsize=7)
+            ax.set_xlabel("j", fontsize=7)
+            ax.set_ylabel("i", fontsize=7)
+            ax.tick_params(labelsize=6)
+    fig.colorbar(im, ax=axes, shrink=0.3, label="phi(i, j)")
+    fig.suptitle(f"subspace similarity (Hu et al. 2021, eq. 4, Figures 3 and 4); d_in = {d}, "
+                 f"random baseline max(i, j) / {d}", fontsize=9)
+    return _save(fig, path, tight=False)
+
+
+# --------------------------------------------------------------------------- 4. dW versus W (Table 7)
+def amplification_analysis(lab: Lab, *, ranks=(4, 64), target: str = "wq", layer: int | None = None,
+                           include_full: bool = True) -> list[dict]:
+    """Table 7 for the {wq, wv} adapters at each r in ``ranks``, on ``target`` of ``layer`` (default:
+    the middle block, as the paper's 48th of 96). With include_full, the full fine-tuning update of
+    the same matrix, projected on its own top-r directions, for comparison."""
+    layer = lab.base.config.n_layer // 2 if layer is None else layer
+    module = f"blocks.{layer}.{TARGETS[target]}"
+    W = to_numpy(lab.base.params[module + ".weight"])
+    rows = []
+    for r in ranks:
+        dW = analysis.lora_delta(lab.lora(("wq", "wv"), r).model, module)
+        rows.append({"source": f"LoRA r={r}", "module": module, **analysis.amplification(dW, W, r)})
+    if include_full:
+        dW = to_numpy(lab.full().model.params[module + ".weight"]).astype(np.float64) - W
+        rows += [{"source": f"full FT, top {r}", "module": module, **analysis.amplification(dW, W, r)}
+                 for r in ranks]
+    return rows
+
+
+# --------------------------------------------------------------------------- 5. full fine-tuning spectra
+def full_finetune_spectra(lab: Lab, *, fraction: float = 0.9, model=None) -> dict:
+    """Singular values, energy rank and effective rank of dW = W_ft - W0 for every linear layer.
+
+    model: a fully fine-tuned copy of lab.base (default: lab.full()). Returns {"fraction",
+    "rows": [{"module", "kind", "layer", "shape", "s" (NumPy), "energy_rank", "effective_rank",
+    "relative_norm" = ||dW||_F / ||W0||_F}]}.
+    """
+    model = model if model is not None else lab.full().model
+    rows = []
+    for i in range(lab.base.config.n_layer):
+        for kind in BLOCK_LINEARS:
+            name = f"blocks.{i}.{kind}.weight"
+            W0 = to_numpy(lab.base.params[name]).astype(np.float64)
+            dW = to_numpy(model.params[name]).astype(np.float64) - W0
+            s = analysis.spectrum(dW)
+            rows.append({"module": name[:-7], "kind": kind.split(".")[-1], "layer": i, "shape": dW.shape, "s": s,
+                         "energy_rank": analysis.energy_rank(s, fraction), "effective_rank": analysis.effective_rank(s),
+                         "relative_norm": float(np.linalg.norm(dW) / np.linalg.norm(W0))})
+    return {"fraction": fraction, "rows": rows}
+
+
+def plot_spectra(spectra: dict, path):
+    """s_a / s_1 against a for each matrix type, one line per layer."""
+    import matplotlib.pyplot as plt
+
+    kinds = list(dict.fromkeys(r["kind"] for r in spectra["rows"]))
+    fig, axes = plt.subplots(2, 3, figsize=(10, 5.5), squeeze=False)
+    for ax, kind in zip(axes.flat, kinds):
+        for row in (r for r in spectra["rows"] if r["kind"] == kind):
+            ax.plot(np.arange(1, len(row["s"]) + 1), row["s"] / row["s"][0],
+                    label=f"layer {row['layer']}: k90={row['energy_rank']}")
+        ax.set(yscale="log", title=f"dW {kind} (full fine-tuning)", xlabel="index a", ylabel="s_a / s_1")
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=6)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- 6. initialisation (§4.1)
+def step0_gradients(base, train_data, lora_config: LoRAConfig, *, batch_size: int = 32, seed: int = 0) -> dict:
+    """The gradients of A and B on the first batch of a fresh adapter, reduced to exact facts.
+
+    B = 0 (gaussian, kaiming): du = s dh B = 0, so dA = du^T x = 0 exactly and only B moves.
+    A = 0 (reversed): u = x A^T = 0, so dB = s dh^T u = 0 exactly and only A moves.
+    Both 0: every gradient is 0, and stays 0 (nothing ever moves).
+    """
+    model = prepare(base, "lora", train_data, lora_config, seed=seed)
+    batch = to_backend(next(iterate_batches(train_data, min(batch_size, len(train_data)), seed)))
+    loss, grads = loss_and_grads(model, batch)
+    dA = [np.abs(to_numpy(g)).max() for k, g in grads.items() if ".lora_A." in k]
+    dB = [np.abs(to_numpy(g)).max() for k, g in grads.items() if ".lora_B." in k]
+    return {"loss": float(loss), "max_abs_dA": float(max(dA)), "max_abs_dB": float(max(dB)),
+            "A_moves": bool(max(dA) > 0), "B_moves": bool(max(dB) > 0)}
+
+
+def init_distribution(init: str, std, r: int, d_in: int) -> str:
+    """What ``init_lora_pair`` draws for this init, with numbers: "A ~ N(0, 0.088^2)", "A, B = 0", ..."""
+    if init in ("gaussian", "peft_gaussian", "reversed"):
+        std = std if std is not None else (1.0 / r if init == "peft_gaussian" else 1.0 / math.sqrt(d_in))
+        return f"{'B' if init == 'reversed' else 'A'} ~ N(0, {std:.3g}^2)"
+    if init == "kaiming":
+        return f"A ~ U(-{1 / math.sqrt(d_in):.3g}, {1 / math.sqrt(d_in):.3g})"
+    return "A = B = 0"
+
+
+def init_ablation(lab: Lab, *, targets=("wq", "wv"), r: int = 8, variants=None) -> list[dict]:
+    """For each initialisation: the step-0 gradient facts, then accuracy after lab.config.steps.
+
+    "stayed_zero": A and B are still exactly 0 after training. With AdamW a parameter whose
+    gradient was ever non-zero has a non-zero first moment and moves, so exact zeros after
+    training mean every gradient of every step was exactly 0.
+    """
+    start = evaluate(prepare(lab.base, "lora", lab.train_data, lab.lora_config(targets, r), seed=lab.config.seed),
+                     lab.test_data)                                 # B A = 0 for every init: the base model
+    rows = []
+    for label, init, std in variants or lab.config.init_variants:
+        cfg = lab.lora_config(targets, r, init=init, init_std=std)
+        facts = step0_gradients(lab.base, lab.train_data, cfg, batch_size=lab.config.batch_size, seed=lab.config.seed)
+        run = lab.lora(targets, r, init=init, init_std=std)
+        factors = [to_numpy(v) for k, v in run.model.params.items() if ".lora_" in k]
+        rows.append({"label": label, "init": init, "distribution": init_distribution(init, std, r, lab.base.config.n_embd),
+                     **facts, "accuracy": run.accuracy, "loss": run.loss, "loss_at_init": start["loss"],
+                     "stayed_zero": all(not f.any() for f in factors)})
+    return rows
+
+
+def plot_init_ablation(rows: list[dict], path, task: str = ""):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    ax.barh([r["label"] for r in rows][::-1], [100 * r["accuracy"] for r in rows][::-1], color="tab:green")
+    ax.set(xlabel="exact-match accuracy (%)", title=f"{task}: initialisation of A and B (same steps)")
+    ax.tick_params(axis="y", labelsize=8)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- 7. recommending a rank
+@dataclass
+class RankRecommendation:
+    """The rank to use for one target matrix type, and the measurements it rests on."""
+    task: str
+    target: str                          # "wq", "wv", ...
+    r: int                               # the recommendation
+    basis: str                           # "sweep" (accuracy measured) or "energy" (full FT update only)
+    tolerance: float                     # accuracy a smaller r may lose against the best (absolute)
+    energy: float                        # fraction of ||dW||_F^2 the energy ranks capture
+    sweep_targets: tuple | None = None   # the swept target set the accuracies come from
+    sweep: dict | None = None            # r -> accuracy
+    best_r: int | None = None
+    energy_ranks: list | None = None     # per layer, of the full fine-tuning update of this target
+
+
+def _sweep_row(sweep, targets, target):
+    """(target set, {r: accuracy}) for ``target``: the row of the whole set ``targets``, else of (target,)."""
+    if sweep is None:
+        return None, None
+    if "ranks" not in sweep:                                   # a hand-made {r: accuracy} for `targets`
+        return tuple(targets), {int(r): float(a) for r, a in sweep.items()}
+    for wanted in (tuple(sorted(targets)), (target,)):
+        for row, accs in zip(sweep["target_sets"], sweep["accuracy"]):
+            if tuple(sorted(row)) == wanted:
+                return tuple(row), {int(r): float(a) for r, a in zip(sweep["ranks"], accs)}
+    return None, None
+
+
+def _energy_ranks(full_ft_result, target, energy, base) -> list[int] | None:
+    """Energy rank per layer of dW = W_ft - W0 for ``target``, from spectra or a fine-tuned model."""
+    if full_ft_result is None:
+        return None
+    kind = TARGETS[target]
+    if isinstance(full_ft_result, dict):                      # full_finetune_spectra output
+        rows = [r for r in full_ft_result["rows"] if r["module"].endswith("." + kind)]
+        return [analysis.energy_rank(r["s"], energy) for r in sorted(rows, key=lambda r: r["layer"])]
+    model = getattr(full_ft_result, "model", full_ft_result)
+    base = base if base is not None else load_base()[0]
+    out = []
+    for i in range(base.config.n_layer):
+        name = f"blocks.{i}.{kind}.weight"
+        dW = to_numpy(model.params[name]).astype(np.float64) - to_numpy(base.params[name])
+        out.append(analysis.energy_rank(analysis.spectrum(dW), energy))
+    return out
+
+
+def recommend_rank(task: str, *, full_ft_result=None, sweep=None, targets=("wq", "wv"), energy: float = 0.9,
+                   tolerance: float = 0.01, base=None, config: SweepConfig | None = None) -> list[RankRecommendation]:
+    """A rank per target, with its evidence.
+
+    sweep: ``rank_sweep`` output (the row of the target set ``targets`` is used, else the row of
+        the target alone) or a dict {r: accuracy} measured with ``targets``. The recommendation is
+        the smallest swept r whose accuracy is within ``tolerance`` (absolute, 0.01 = 1 point) of
+        the best: larger r cost parameters and bought nothing measurable.
+    full_ft_result: ``full_finetune_spectra`` output, a ``FinetuneResult`` of full fine-tuning, or
+        the fine-tuned GPT (then dW = W_ft - W0 against ``base``, default the shipped base). Its
+        per-layer energy ranks are evidence; alone (no sweep) they give the recommendation, the
+        largest over layers rounded up to a power of two.
+    Neither given: both are measured here on ``task`` (a rank sweep of ``targets`` and one full
+    fine-tuning run, with ``config`` or SweepConfig defaults: a few minutes on 2 cores).
+    """
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown or not targets:
+        raise ValueError(f"unknown targets {unknown or '(empty)'}; choose from {sorted(TARGETS)}")
+    if sweep is not None and sweep.get("task", task) != task:
+        raise ValueError(f"the sweep was measured on task {sweep['task']!r}, not {task!r}")
+    if getattr(full_ft_result, "task", task) != task:
+        raise ValueError(f"the full fine-tuning result is for task {full_ft_result.task!r}, not {task!r}")
+    if sweep is None and full_ft_result is None:
+        lab = Lab(config or SweepConfig(task=task), base=base)
+        sweep = rank_sweep(lab, target_sets=[tuple(targets)])
+        full_ft_result, base = full_finetune_spectra(lab, fraction=energy), lab.base
+    recs = []
+    for target in targets:
+        row_targets, accs = _sweep_row(sweep, targets, target)
+        ranks = _energy_ranks(full_ft_result, target, energy, base)
+        if accs:
+            best_r = max(accs, key=lambda r: (accs[r], -r))
+            r, basis = min(r for r, a in accs.items() if a >= accs[best_r] - tolerance), "sweep"
+        elif ranks:
+            best_r, r, basis = None, 2 ** math.ceil(math.log2(max(ranks))), "energy"
+        else:
+            raise ValueError(f"no evidence for target {target!r}: the sweep has no row for {tuple(targets)} or "
+                             f"({target!r},), and no full fine-tuning result was given")
+        recs.append(RankRecommendation(task, target, int(r), basis, tolerance, energy, row_targets, accs, best_r, ranks))
+    return recs
+
+
+def format_recommendation(recs: list[RankRecommendation]) -> str:
+    """Readable text: one paragraph per target with the recommended r and why."""
+    lines = [f"Recommended LoRA rank for task {recs[0].task!r}:"] if recs else []
+    for rec in recs:
+        lines.append(f"  {rec.target}: r = {rec.r}")
+        if rec.sweep:
+            table = ", ".join(f"r={r} {100 * a:.1f}%" for r, a in sorted(rec.sweep.items()))
+            lines.append(f"    accuracy with LoRA on {_label(rec.sweep_targets)}: {table}")
+            lines.append(f"    best {100 * rec.sweep[rec.best_r]:.1f}% at r={rec.best_r}; r={rec.r} is the smallest "
+                         f"within {100 * rec.tolerance:g} point{'' if 100 * rec.tolerance == 1 else 's'} of it")
+        if rec.energy_ranks:
+            lines.append(f"    full fine-tuning update of {rec.target}: {100 * rec.energy:g}% of its energy lies in "
+                         f"{', '.join(map(str, rec.energy_ranks))} directions (layers 0..{len(rec.energy_ranks) - 1})")
+            if rec.basis == "energy":
+                lines.append("    no rank sweep given: r is the largest of these, rounded up to a power of two")
+    return "\n".join(lines)
