@@ -4,7 +4,7 @@ import pytest
 
 from minilora import io
 from minilora.gradcheck import check_layer
-from minilora.layers import cross_entropy_backward, cross_entropy_forward, linear_forward
+from minilora.layers import cross_entropy_forward, linear_forward
 from minilora.lora import (LoRAConfig, LoraModel, expected_trainable_count, init_lora_pair, lora_backward,
                            lora_forward, lora_param_count, merge_weights, unmerge_weights)
 from minilora.model import GPT, GPTConfig
