@@ -329,11 +329,12 @@ class LoraModel:
             raise RuntimeError("unmerge_adapter() before adding an adapter")
         modules = resolve_targets(self.model, config)
         self._restore_base_saved()             # another adapter's head must not become "the base"
-        rng = backend.rng(config.seed)
-        for name, (r, _) in modules.items():
+        for k, (name, (r, _)) in enumerate(modules.items()):
             d_out, d_in = self.model.params[name + ".weight"].shape
+            # One generator per (seed, r, module): an r = 8 A is not the first 8 rows of an r = 64 A,
+            # which would make the two adapters share directions before any training (§7.2 compares them).
             A, B_ = init_lora_pair(d_out, d_in, r, init=config.init_lora_weights, std=config.init_std,
-                                   rng=rng, dtype=self.dtype)
+                                   rng=backend.rng([config.seed, r, k]), dtype=self.dtype)
             a_key, b_key = self._keys(name, adapter_name)
             self.model.params[a_key], self.model.params[b_key] = A, B_
         self.adapters[adapter_name], self.modules[adapter_name] = config, modules

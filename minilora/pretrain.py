@@ -28,6 +28,7 @@ def base_config(vocab_size: int | None = None) -> GPTConfig:
 
 @dataclass
 class PretrainConfig:
+    tasks: tuple = PRETRAIN_TASKS   # the pretraining mix
     n_train: int = 60000     # generated training examples (an even mix of the tasks)
     n_eval: int = 600        # held-out examples per task for the accuracy report
     seed: int = 0            # weights, data and batch order
@@ -45,12 +46,12 @@ def pretrain(cfg: PretrainConfig | None = None, *, out_dir=None, progress: bool 
     cfg.train.progress = progress
     tok = default_tokenizer()
     model = GPT(base_config(tok.vocab_size), seed=cfg.seed)
-    data = make_mixture(PRETRAIN_TASKS, cfg.n_train, seed=cfg.seed, block_size=BLOCK_SIZE)
-    held_out = make_mixture(PRETRAIN_TASKS, cfg.n_eval, seed=cfg.seed + 10_000, block_size=BLOCK_SIZE)
+    data = make_mixture(cfg.tasks, cfg.n_train, seed=cfg.seed, block_size=BLOCK_SIZE)
+    held_out = make_mixture(cfg.tasks, cfg.n_eval, seed=cfg.seed + 10_000, block_size=BLOCK_SIZE)
     history = train(model, data, held_out, cfg.train, desc="pretrain")
-    accuracy = task_accuracy(model, seed=cfg.seed + 20_000, n=cfg.n_eval)
+    accuracy = task_accuracy(model, cfg.tasks, seed=cfg.seed + 20_000, n=cfg.n_eval)
     if out_dir is not None:
-        save_model(model, out_dir, extra={"tokenizer": tok.to_dict(), "pretrain_tasks": list(PRETRAIN_TASKS),
+        save_model(model, out_dir, extra={"tokenizer": tok.to_dict(), "pretrain_tasks": list(cfg.tasks),
                                           "accuracy": accuracy, "pretrain": asdict(cfg)})
     return model, history, accuracy
 

@@ -106,6 +106,13 @@ def test_peft_gaussian_init_has_std_one_over_r():
     assert A.std() == pytest.approx(0.25, rel=0.02) and not B_.any()
 
 
+def test_adapters_of_different_rank_start_from_unrelated_A():
+    """An r = 2 A is not the first rows of an r = 8 A: subspace comparisons start at chance, not at 1."""
+    small = LoraModel(base_model(), LoRAConfig(r=2)).params["blocks.0.attn.wq.lora_A.default"]
+    large = LoraModel(base_model(), LoRAConfig(r=8)).params["blocks.0.attn.wq.lora_A.default"]
+    assert not np.allclose(small, large[:2])
+
+
 def test_kaiming_init_is_uniform_within_one_over_sqrt_d_in():
     """PEFT's default: A ~ U(-1/sqrt(d_in), 1/sqrt(d_in))."""
     A, _ = init_lora_pair(8, 400, 16, init="kaiming", dtype=np.float64)
