@@ -42,7 +42,7 @@ def _add_finetune(sub):
     p.add_argument("--base", default=None, help="base model folder (default: the shipped base)")
     p.add_argument("--r", type=int, default=4, help="LoRA rank")
     p.add_argument("--alpha", type=float, default=None, help="lora_alpha (default 2r)")
-    p.add_argument("--targets", default="wq,wv", help="comma-separated target modules: wq,wk,wv,wo,fc,proj")
+    p.add_argument("--targets", default="wq,wk,wv,wo", help="comma-separated target modules: wq,wk,wv,wo,fc,proj")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--n-train", type=int, default=4000, help="generated training examples")

@@ -1,6 +1,6 @@
 """``minilora demo``: the whole LoRA story on the shipped base model, in about two minutes.
 
-1. LoRA-tune the base on every downstream task (r = 4 on Wq, Wv) and fully fine-tune it as the
+1. LoRA-tune the base on every downstream task (r = 4 on Wq, Wk, Wv, Wo) and fully fine-tune it as the
    baseline, with the same loop, batches and evaluation.
 2. Merge each adapter (W = W0 + (alpha/r) B A) and check merged logits = unmerged logits.
 3. Load all adapters onto ONE base and switch between them: each task gets its own accuracy back.
@@ -146,7 +146,7 @@ def _write_report(out: Path, results, merge_errors, switched, summary, seconds):
     text = [
         "# minilora demo: LoRA vs full fine-tuning", "",
         "Every run starts from the shipped pretrained base (copy, reverse, sort) and adapts it to a task it "
-        "was not trained on. LoRA: r = 4 on Wq and Wv, alpha = 8 (Hu et al. 2021, §4.2); classification "
+        "was not trained on. LoRA: r = 4 on Wq, Wk, Wv and Wo, alpha = 8 (Hu et al. 2021, §4.2, Table 5); classification "
         "trains a new head alongside (modules_to_save). Full: every weight trains. Same batches, same loop.", "",
         results_table(results), "", "## What this shows", "", *summary, "",
         "Optimizer state counts AdamW's m and v (float32) for the trainable parameters only; a frozen "
