@@ -37,7 +37,7 @@ def default_train_config(method: str) -> TrainConfig:
     """LoRA takes a larger learning rate than full fine-tuning (5e-3 vs 1e-3; 1e-2 made LoRA diverge
     on shift), as in the paper's recipes."""
     lr = 5e-3 if method == "lora" else 1e-3
-    return TrainConfig(steps=500, batch_size=32, lr=lr, warmup_steps=20, eval_every=100, weight_decay=0.0)
+    return TrainConfig(steps=400, batch_size=32, lr=lr, warmup_steps=20, eval_every=100, weight_decay=0.0)
 
 
 @dataclass
