@@ -165,11 +165,7 @@ def plot(rows: list[dict], shapes, path: Path) -> Path:
     ax.set(ylabel="forward-pass overhead vs base (%)",
            title="inference latency overhead (bars: measured; black marks: Hu et al. 2021, Table 1)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return common.save_figure(fig, path)
 
 
 def main(argv=None):

@@ -110,11 +110,7 @@ def plot(results: dict, path: Path) -> Path:
         ax.set_xscale("log", base=2)
         ax.set(xlabel=key, ylabel="ms / training step (median)", title=f"{sweep} sweep")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return common.save_figure(fig, path)
 
 
 COLUMNS = [("sweep", "sweep", "s"), ("C", "C", "d"), ("T", "T", "d"), ("method", "method", "s"), ("r", "r", "d"),

@@ -201,11 +201,7 @@ def plot(rows: list[dict], path: Path) -> Path:
     for ax in axes:
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(names))], names, fontsize=8)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return common.save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- main

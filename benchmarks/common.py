@@ -198,3 +198,15 @@ def save_json(path, obj) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     io.write_json(path, obj)
     return path
+
+
+def save_figure(fig, path) -> Path:
+    """Lay out, save (creating the folder) and close a matplotlib figure; returns the path."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

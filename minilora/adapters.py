@@ -44,7 +44,7 @@ import numpy as np
 
 from minilora import backend
 from minilora.layers import gelu_backward, gelu_forward, linear_backward, linear_forward
-from minilora.model import GPT, GPTConfig
+from minilora.model import GPT, GPTConfig, WrappedModel
 
 # variant -> the linear layers (under ``blocks.{i}.``) whose output each adapter follows
 VARIANTS = {"houlsby": ("attn.wo", "mlp.proj"), "lin": ("mlp.proj",)}
@@ -150,7 +150,7 @@ class _AdapterHook:
 
 
 # --------------------------------------------------------------------------- adapters on a model
-class AdapterModel:
+class AdapterModel(WrappedModel):
     """A frozen GPT with bottleneck adapters after attn.wo and/or mlp.proj of every block.
 
     Offers the model interface (params, trainable, config, dtype, forward, classify, backward,
@@ -166,7 +166,8 @@ class AdapterModel:
             raise ValueError(f"{taken[:3]} already run through another hook (a LoRA adapter?); an adapter "
                              f"follows the plain frozen layer. Merge and unload the other adapter first")
         saved = self._saved_names(model, config)
-        self.model, self.adapter_config, self.modules = model, config, modules
+        super().__init__(model)
+        self.adapter_config, self.modules = config, modules
         model.freeze()                                       # the pre-trained weights stay frozen
         rng = backend.rng(config.seed)
         C = model.config.n_embd
@@ -191,26 +192,12 @@ class AdapterModel:
         return sorted(set(names))
 
     # ---------------------------------------------------------------- model interface
-    params = property(lambda self: self.model.params)
-    trainable = property(lambda self: self.model.trainable)
-    config = property(lambda self: self.model.config)
-    dtype = property(lambda self: self.model.dtype)
-
-    def forward(self, idx, *, training=False):
-        return self.model.forward(idx, training=training)
-
-    def classify(self, idx, last, *, training=False):
-        return self.model.classify(idx, last, training=training)
-
     def backward(self, dlogits, cache):
         unfrozen = sorted(k for m in self.modules for k in (m + ".weight", m + ".bias") if k in self.model.trainable)
         if unfrozen:   # the hook computes no dW0 for the layers it wraps: say so instead of training nothing
             raise RuntimeError(f"{unfrozen[:3]} are trainable, but the layers an adapter follows stay frozen "
                                f"(their hook computes no weight gradient); freeze them again")
         return self.model.backward(dlogits, cache)
-
-    def num_params(self, trainable_only: bool = False) -> int:
-        return self.model.num_params(trainable_only)
 
     # ---------------------------------------------------------------- reports and removal
     def adapter_state(self) -> dict:

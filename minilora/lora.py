@@ -32,7 +32,7 @@ import numpy as np
 from minilora import backend, io
 from minilora.backend import xp
 from minilora.layers import linear_forward
-from minilora.model import GPT, param_shapes
+from minilora.model import GPT, WrappedModel, param_shapes
 
 # Short names users write in target_modules -> the module's name inside a block.
 TARGETS = {"wq": "attn.wq", "wk": "attn.wk", "wv": "attn.wv", "wo": "attn.wo",
@@ -253,7 +253,7 @@ class _LoraHook:
 
 
 # --------------------------------------------------------------------------- adapters on a model
-class LoraModel:
+class LoraModel(WrappedModel):
     """A frozen GPT with named LoRA adapters; one is active at a time (PEFT's vocabulary).
 
     It offers the model's interface (params, trainable, forward, classify, backward,
@@ -261,7 +261,7 @@ class LoraModel:
     """
 
     def __init__(self, model: GPT, config: LoRAConfig | None = None, adapter_name: str = "default"):
-        self.model = model
+        super().__init__(model)
         self.adapters: dict[str, LoRAConfig] = {}
         self.modules: dict[str, dict[str, tuple[int, float]]] = {}   # adapter -> module -> (r, scale)
         self.saved: dict[str, dict] = {}       # adapter -> its own copies of modules_to_save / biases
@@ -276,25 +276,11 @@ class LoraModel:
             self.add_adapter(adapter_name, config)
 
     # ---------------------------------------------------------------- model interface
-    params = property(lambda self: self.model.params)
-    trainable = property(lambda self: self.model.trainable)
-    config = property(lambda self: self.model.config)
-    dtype = property(lambda self: self.model.dtype)
-
-    def forward(self, idx, *, training=False):
-        return self.model.forward(idx, training=training)
-
-    def classify(self, idx, last, *, training=False):
-        return self.model.classify(idx, last, training=training)
-
     def backward(self, dlogits, cache):
         if self.merged:
             raise RuntimeError(f"adapter {self.active_adapter!r} is merged into the weights, so A and B get no "
                                f"gradient; call unmerge_adapter() before training")
         return self.model.backward(dlogits, cache)
-
-    def num_params(self, trainable_only: bool = False) -> int:
-        return self.model.num_params(trainable_only)
 
     # ---------------------------------------------------------------- adding adapters
     def _pure_base(self) -> dict:

@@ -292,6 +292,31 @@ class GPT:
         return dx
 
 
+class WrappedModel:
+    """The model interface (params, trainable, forward, classify, backward, num_params) passed through
+    to a wrapped GPT, so one training loop trains a GPT, a LoRA model or an adapter model alike."""
+
+    def __init__(self, model: GPT):
+        self.model = model
+
+    params = property(lambda self: self.model.params)
+    trainable = property(lambda self: self.model.trainable)
+    config = property(lambda self: self.model.config)
+    dtype = property(lambda self: self.model.dtype)
+
+    def forward(self, idx, *, training=False):
+        return self.model.forward(idx, training=training)
+
+    def classify(self, idx, last, *, training=False):
+        return self.model.classify(idx, last, training=training)
+
+    def backward(self, dlogits, cache):
+        return self.model.backward(dlogits, cache)
+
+    def num_params(self, trainable_only: bool = False) -> int:
+        return self.model.num_params(trainable_only)
+
+
 # --------------------------------------------------------------------------- files
 def base_params(model: GPT) -> dict:
     """The base model's parameters: everything but adapter weights (names with 'lora_')."""
