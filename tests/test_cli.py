@@ -43,3 +43,11 @@ def test_merging_an_adapter_onto_the_wrong_base_is_refused(tmp_path, capsys):
     io.write_json(tmp_path / "ad" / "adapter_config.json", meta)
     assert main(["merge", str(tmp_path / "ad"), "--out", str(tmp_path / "m")]) == 2
     assert "different base model" in capsys.readouterr().err
+
+
+def test_finetune_on_a_plain_text_file_saves_an_adapter(tmp_path):
+    """`finetune --text FILE` trains on any text file (characters outside the vocabulary become spaces)."""
+    text = tmp_path / "notes.txt"
+    text.write_text("LoRA freezes W0 and trains B A. " * 30)
+    assert main(["finetune", "--text", str(text), "--steps", "2", "--out", str(tmp_path / "ad")]) == 0
+    assert (tmp_path / "ad" / "adapter_model.safetensors").is_file()
