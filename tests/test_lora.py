@@ -388,3 +388,14 @@ def test_loading_an_adapter_with_other_shapes_is_refused(tmp_path):
     with pytest.raises(io.CheckpointError, match="shape"):
         fresh.load_adapter(tmp_path / "ad")
     assert not fresh.adapters and not any(".lora_" in k for k in fresh.params)
+
+
+def test_trainable_report_counts_percent_and_adam_bytes(capsys):
+    """The report gives trainable/total counts, their percent, and 8 bytes of Adam state per float32 weight."""
+    lm = LoraModel(GPT(CFG, seed=0), LoRAConfig(r=2))          # float32
+    rep = lm.trainable_report()
+    n = 2 * 4 * 16 * 2
+    assert rep["trainable"] == n and rep["adam_state_bytes"] == 8 * n
+    assert rep["percent"] == pytest.approx(100 * n / rep["total"])
+    lm.print_trainable_parameters()
+    assert f"trainable params: {n:,}" in capsys.readouterr().out

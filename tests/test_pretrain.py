@@ -51,3 +51,11 @@ def test_pretraining_is_deterministic_in_its_seed(tmp_path):
         prints.append(fingerprint(model.params))
     assert prints[0] == prints[1]
     assert isinstance(model, GPT) and (tmp_path / "a" / "model.safetensors").exists()
+
+
+def test_base_info_reports_the_recipe_that_made_the_shipped_base():
+    """base_info() returns config.json's record: the pretraining tasks and the training settings."""
+    from minilora.pretrain import base_info
+
+    info = base_info()
+    assert info["pretrain_tasks"] == list(PRETRAIN_TASKS) and info["pretrain"]["train"]["steps"] > 0
