@@ -16,23 +16,14 @@ from minilora.optim import AdamW
 from minilora.pretrain import load_base
 from minilora.train import TrainConfig, loss_and_grads, train
 
+from helpers import lm_batch, randomize
+
 CFG = GPTConfig(vocab_size=13, block_size=8, n_layer=2, n_head=2, n_embd=16)
 VARIANTS = ["houlsby", "lin"]
 
 
 def base_model(seed=0, dtype=np.float64):
     return GPT(CFG, seed=seed, dtype=dtype)
-
-
-def lm_batch(rng, B=3, T=6):
-    return {"x": rng.integers(0, 13, (B, T)), "y": rng.integers(0, 13, (B, T)), "mask": np.ones((B, T))}
-
-
-def randomize_up(am, rng):
-    """Random W_up and b_up: with W_up = 0 a wrong dW_down would pass any check (it is 0 by the math)."""
-    for k, v in am.params.items():
-        if ".adapter_up." in k:
-            v[...] = 0.1 * rng.standard_normal(v.shape)
 
 
 def adapter_inputs(rng, B=2, T=3, C=6, m=4):
@@ -82,7 +73,7 @@ def test_adapter_model_equals_base_model_at_init(rng, variant):
 def test_adapter_model_backward_matches_numerical_gradient(rng, variant):
     """Through the whole model, every adapter weight's gradient agrees with central differences."""
     am = AdapterModel(base_model(), AdapterConfig(variant=variant, bottleneck=3))
-    randomize_up(am, rng)
+    randomize(am, ".adapter_up.", rng)
     batch = lm_batch(rng)
     _, grads = loss_and_grads(am, batch)
 
@@ -180,7 +171,7 @@ def test_unload_returns_the_plain_base_model(rng):
     idx = rng.integers(0, 13, (2, 5))
     before, _ = base.forward(idx)
     am = AdapterModel(base, AdapterConfig(bottleneck=2))
-    randomize_up(am, rng)
+    randomize(am, ".adapter_up.", rng)
     assert not np.allclose(am.forward(idx)[0], before), "expected random adapters to change the logits"
     plain = am.unload()
     after, _ = plain.forward(idx)

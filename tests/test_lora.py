@@ -11,6 +11,8 @@ from minilora.model import GPT, GPTConfig
 from minilora.optim import AdamW
 from minilora.train import loss_and_grads
 
+from helpers import lm_batch, randomize
+
 CFG = GPTConfig(vocab_size=13, block_size=8, n_layer=2, n_head=2, n_embd=16)
 
 
@@ -26,17 +28,6 @@ def random_base(seed=0):
         centre = 1.0 if name.endswith(("ln1.weight", "ln2.weight", "ln_f.weight")) else 0.0
         p[...] = centre + 0.3 * rng.standard_normal(p.shape)
     return model
-
-
-def lm_batch(rng, B=3, T=6):
-    return {"x": rng.integers(0, 13, (B, T)), "y": rng.integers(0, 13, (B, T)), "mask": np.ones((B, T))}
-
-
-def randomize_B(lm, rng):
-    """Give every lora_B random values: with B = 0 a wrong dA would pass any check."""
-    for k, v in lm.params.items():
-        if ".lora_B." in k:
-            v[...] = 0.1 * rng.standard_normal(v.shape)
 
 
 # --------------------------------------------------------------------------- the layer
@@ -206,7 +197,7 @@ def test_lora_model_equals_base_model_at_init(rng):
 def test_lora_model_backward_matches_numerical_gradient(rng):
     """Through the whole model, dA and dB of every adapter and the head agree with central differences."""
     lm = LoraModel(random_base(), LoRAConfig(r=2, target_modules=["wq", "wv", "fc"], bias="lora_only"))
-    randomize_B(lm, rng)
+    randomize(lm, ".lora_B.", rng)
     batch = lm_batch(rng)
     _, grads = loss_and_grads(lm, batch)
     from minilora.gradcheck import check_gradient
@@ -244,7 +235,7 @@ def test_frozen_weights_are_bit_identical_after_training(rng):
 def test_merged_forward_matches_unmerged_forward(rng):
     """§4.1: after merging W = W0 + sBA the logits equal the unmerged model's (float32 tolerance)."""
     lm = LoraModel(base_model(dtype=np.float32), LoRAConfig(r=4, target_modules=["wq", "wv", "fc"]))
-    randomize_B(lm, rng)
+    randomize(lm, ".lora_B.", rng)
     idx = rng.integers(0, 13, (2, 8))
     unmerged, _ = lm.forward(idx)
     lm.merge_adapter()
@@ -256,7 +247,7 @@ def test_merged_forward_matches_unmerged_forward(rng):
 def test_merge_then_unmerge_restores_the_base_logits(rng):
     """merge_adapter then unmerge_adapter gives W0 back within float32 rounding."""
     lm = LoraModel(base_model(dtype=np.float32), LoRAConfig(r=4))
-    randomize_B(lm, rng)
+    randomize(lm, ".lora_B.", rng)
     w0 = lm.params["blocks.0.attn.wq.weight"].copy()
     lm.merge_adapter()
     assert not np.allclose(lm.params["blocks.0.attn.wq.weight"], w0)
@@ -290,7 +281,7 @@ def test_safe_merge_refuses_non_finite_weights_and_changes_nothing(rng):
 def test_merge_and_unload_gives_a_plain_model_with_the_same_outputs(rng):
     """merge_and_unload returns a GPT without adapter weights or hooks, equal to the adapted model."""
     lm = LoraModel(base_model(), LoRAConfig(r=2))
-    randomize_B(lm, rng)
+    randomize(lm, ".lora_B.", rng)
     idx = rng.integers(0, 13, (2, 5))
     expected, _ = lm.forward(idx)
     plain = lm.merge_and_unload()
@@ -304,7 +295,7 @@ def test_disable_adapter_gives_the_base_logits_exactly(rng):
     idx = rng.integers(0, 13, (2, 6))
     reference, _ = base.forward(idx)
     lm = LoraModel(base, LoRAConfig(r=2))
-    randomize_B(lm, rng)
+    randomize(lm, ".lora_B.", rng)
     adapted, _ = lm.forward(idx)
     with lm.disable_adapter():
         assert np.array_equal(lm.forward(idx)[0], reference)
@@ -315,7 +306,7 @@ def test_switching_adapters_gives_each_adapters_own_outputs(rng):
     """Two adapters on one base: set_adapter selects whose update is applied."""
     lm = LoraModel(base_model(), LoRAConfig(r=2, seed=1), adapter_name="one")
     lm.add_adapter("two", LoRAConfig(r=3, target_modules=["wk"], seed=2))
-    randomize_B(lm, rng)
+    randomize(lm, ".lora_B.", rng)
     idx = rng.integers(0, 13, (2, 6))
     out_two, _ = lm.forward(idx)
     lm.set_adapter("one")
@@ -344,7 +335,7 @@ def test_adapter_save_load_round_trip(tmp_path, rng):
     base = base_model()
     base.add_classification_head(2)
     lm = LoraModel(base, LoRAConfig(r=2, modules_to_save=["head"]), adapter_name="task")
-    randomize_B(lm, rng)
+    randomize(lm, ".lora_B.", rng)
     lm.params["head.bias"][:] = [0.5, -0.5]
     idx, last = rng.integers(0, 13, (2, 6)), np.array([5, 2])
     expected, _ = lm.classify(idx, last)
