@@ -2,11 +2,15 @@
 
     python benchmarks/bench_train.py                  # both configurations, 10 timed steps each
     python benchmarks/bench_train.py --steps 30 --configs large --sdpa
-    python benchmarks/bench_train.py --lora           # r = 8 on wq, wv (needs minilora.lora)
+    python benchmarks/bench_train.py --lora           # add LoRA rows: r = 8 on wq, wv, base frozen
+    python benchmarks/bench_train.py --workers 1 2    # only these worker-thread counts
     python benchmarks/bench_train.py --backend cupy   # minilora on the GPU (PyTorch on CUDA if it can)
 
 A step is: forward, masked cross-entropy over every position, backward, AdamW step, all
-parameters trainable (with --lora: only the adapters). Tokens are random: speed does not depend
+parameters trainable (in the LoRA rows: only the adapters). minilora is timed on one thread
+(BLAS still uses every core for matrix products) and with the batch shared by several worker
+threads (``minilora.step``: data parallelism, one single-threaded BLAS per worker; by default
+one worker per core). Tokens are random: speed does not depend
 on what the tokens say. Each measurement runs in a fresh child process, so its peak-memory
 growth is its own and one framework's thread pools cannot slow the other.
 
@@ -81,8 +85,9 @@ def matmul_probe(config: GPTConfig, B: int, T: int, xp=np, sync=None) -> dict:
 
 
 # --------------------------------------------------------------------------- measurements (child processes)
-def measure_minilora(name: str, *, backend_name: str, lora: bool, steps: int, warmup: int, seed: int) -> dict:
-    """One row: minilora's float32 training step on ``backend_name``."""
+def measure_minilora(name: str, *, backend_name: str, lora: bool, workers: int, steps: int, warmup: int,
+                     seed: int) -> dict:
+    """One row: minilora's float32 training step on ``backend_name`` with ``workers`` threads."""
     backend.set_backend(backend_name)
     config, B, T = gpt_config(name)
     rss0 = common.rss_mark()
@@ -95,11 +100,12 @@ def measure_minilora(name: str, *, backend_name: str, lora: bool, steps: int, wa
     batch = to_backend(random_batch(config, B, T, seed))
 
     def step():
-        _, grads = loss_and_grads(model, batch)
+        _, grads = loss_and_grads(model, batch, workers=workers)
         opt.step(model.params, grads)
 
     timing = common.median_time(step, warmup=warmup, steps=steps, sync=backend.synchronize)
-    row = {"impl": f"minilora {backend_name}" + (" lora" if lora else ""), **timing,
+    impl = f"minilora {backend_name}" + (" lora" if lora else "") + (f" x{workers}" if workers > 1 else "")
+    row = {"impl": impl, "workers": workers, "lora": lora, **timing,
            "rss_growth_bytes": common.rss_growth_bytes(rss0), "optimizer_state_bytes": opt.state_bytes(),
            "params": model.num_params(), "trainable_params": model.num_params(trainable_only=True)}
     if lora:
@@ -173,7 +179,7 @@ COLUMNS = [("config", "config", "s"), ("impl", "implementation", "s"), ("ms_per_
            ("mm_fc_gflops", "mm(BT,C,4C)", ".0f"), ("frac_mm_fc", "frac", ".2f"),
            ("mm_1024_gflops", "mm 1024^3", ".0f"), ("frac_mm_1024", "frac", ".2f"),
            ("rss_growth_mb", "RSS+ MB", ".0f"), ("opt_state_mb", "opt MB", ".1f"),
-           ("vs_torch", "x torch", ".2f")]
+           ("vs_torch", "x torch", ".2f"), ("vs_full", "x full", ".2f")]
 
 
 def plot(rows: list[dict], path: Path) -> Path:
@@ -211,7 +217,9 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     ap.add_argument("--configs", nargs="+", default=list(SHORT), choices=list(SHORT))
     ap.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
-    ap.add_argument("--lora", action="store_true", help="train LoRA r = 8 on wq, wv only (no PyTorch row)")
+    ap.add_argument("--lora", action="store_true", help="add rows that train LoRA r = 8 on wq, wv only")
+    ap.add_argument("--workers", type=int, nargs="+", default=None,
+                    help="worker-thread counts to time minilora with (default: 1 and one per core)")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even if it is installed")
     ap.add_argument("--sdpa", action="store_true", help="add a PyTorch row with fused scaled_dot_product_attention")
     ap.add_argument("--in-process", action="store_true", help="no child processes (for profilers)")
@@ -220,7 +228,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     # Only ask whether PyTorch is installed: importing it here would grow this process for nothing.
-    has_torch = importlib.util.find_spec("torch") is not None and not args.no_torch and not args.lora
+    has_torch = importlib.util.find_spec("torch") is not None and not args.no_torch
     device = "cpu"
     if has_torch and args.backend == "cupy":
         import torch
@@ -231,14 +239,19 @@ def main(argv=None):
     isolate = not args.in_process
 
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+    worker_counts = args.workers or ([1] if args.backend == "cupy" else sorted({1, backend.cpu_count()}))
+    variants = [(lora, w) for lora in ((False, True) if args.lora else (False,)) for w in worker_counts]
     rows = []
     for name in (SHORT[c] for c in args.configs):
-        print(f"{name}: minilora {args.backend}" + (" lora" if args.lora else ""), flush=True)
-        row = run_isolated(measure_minilora, isolate, name=name, backend_name=args.backend, lora=args.lora, **timing)
-        if "skipped" in row:
-            print(f"  skipped: {row['skipped']}")
-            continue
-        rows.append(finish_row(row, name))
+        for lora, workers in variants:
+            print(f"{name}: minilora {args.backend}" + (" lora" if lora else "") + f", {workers} worker(s)",
+                  flush=True)
+            row = run_isolated(measure_minilora, isolate, name=name, backend_name=args.backend, lora=lora,
+                               workers=workers, **timing)
+            if "skipped" in row:
+                print(f"  skipped: {row['skipped']}")
+                continue
+            rows.append(finish_row(row, name))
         for sdpa in torch_variants:
             print(f"{name}: torch {device}" + (" sdpa" if sdpa else ""), flush=True)
             rows.append(finish_row(run_isolated(measure_torch, isolate, name=name, sdpa=sdpa, device=device,
@@ -249,6 +262,10 @@ def main(argv=None):
     for r in rows:   # the step time as a multiple of PyTorch eager's (same configuration, no sdpa)
         ref = next((t for t in rows if t["config"] == r["config"] and t["impl"] == f"torch {device}"), None)
         r["vs_torch"] = r["ms_per_step"] / ref["ms_per_step"] if ref else None
+        # a LoRA step as a multiple of the full fine-tuning step with the same worker count
+        full = next((t for t in rows if t["config"] == r["config"] and t.get("lora") is False
+                     and t["workers"] == r.get("workers")), None)
+        r["vs_full"] = r["ms_per_step"] / full["ms_per_step"] if r.get("lora") and full else None
 
     env = {**common.environment(), "load_average_before": load_before}
     print()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import types
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -121,6 +122,39 @@ def synchronize() -> None:
     """Wait for queued GPU work (for honest timings); nothing to do on NumPy."""
     if _name == "cupy":
         _active.cuda.get_current_device().synchronize()
+
+
+# --------------------------------------------------------------------------- CPU threads
+def cpu_count() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS reports one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS and Windows have no sched_getaffinity
+        return os.cpu_count() or 1
+
+
+@contextmanager
+def blas_threads(n: int):
+    """Inside the block, NumPy's BLAS uses at most ``n`` threads (nothing changes on CuPy).
+
+    For data parallelism (``minilora.step``): each worker thread runs its own single-threaded
+    matrix products, instead of every worker asking BLAS for all cores at once. The limit is
+    set through threadpoolctl, which finds the BLAS NumPy loaded (OpenBLAS, MKL, BLIS) and uses
+    that library's own call for it; the previous limit comes back on leaving the block.
+    """
+    global _blas_controller
+    if _name != "numpy":
+        yield
+        return
+    if _blas_controller is None:  # finding the loaded libraries takes ~0.3 ms: do it once
+        from threadpoolctl import ThreadpoolController
+
+        _blas_controller = ThreadpoolController()
+    with _blas_controller.limit(limits=n, user_api="blas"):
+        yield
+
+
+_blas_controller = None
 
 
 # pick the backend named in the environment once, at import

@@ -366,6 +366,12 @@ class LoraModel(WrappedModel):
         a_key, b_key = self._keys(module, self.active_adapter)
         return self.model.params[a_key], self.model.params[b_key], self.modules[self.active_adapter][module][1]
 
+    @property
+    def stochastic(self) -> bool:
+        """True when a training forward draws random dropout masks (minilora.step then keeps
+        the batch on one thread, so the masks come in a reproducible order)."""
+        return self.active_adapter is not None and self.adapters[self.active_adapter].lora_dropout > 0.0
+
     def _dropout_mask(self, shape):
         p = self.adapters[self.active_adapter].lora_dropout
         if p == 0.0:

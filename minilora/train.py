@@ -18,9 +18,9 @@ from tqdm import tqdm  # plain tqdm, not tqdm.auto: no widget JSON in notebooks
 
 from minilora import backend
 from minilora.data import TextData, iterate_batches
-from minilora.layers import cross_entropy_backward, cross_entropy_forward
 from minilora.model import GPT, save_model
 from minilora.optim import AdamW, clip_grad_norm, linear_warmup_decay
+from minilora.step import forward_loss, loss_and_grads  # noqa: F401  (re-exported: the step lives in step.py)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -39,6 +39,7 @@ class TrainConfig:
     eval_every: int = 250        # steps between evaluations (and checkpoints)
     seed: int = 0                # batch order
     progress: bool = True        # show a tqdm progress bar
+    workers: int | None = None   # threads sharing each batch; None: one per core (minilora.step)
 
 
 @dataclass
@@ -62,23 +63,6 @@ class History:
 def to_backend(batch: dict) -> dict:
     """Move a batch of NumPy arrays to the active backend."""
     return {k: backend.asarray(v) for k, v in batch.items()}
-
-
-def forward_loss(model: GPT, batch: dict, *, training: bool = False):
-    """Mean loss of one batch. Returns (loss, logits, forward caches)."""
-    if "labels" in batch:
-        logits, cache = model.classify(batch["x"], batch["last"], training=training)   # (B, K)
-        loss, ce_cache = cross_entropy_forward(logits, batch["labels"])
-    else:
-        logits, cache = model.forward(batch["x"], training=training)                 # (B, T, V)
-        loss, ce_cache = cross_entropy_forward(logits, batch["y"], batch["mask"])
-    return loss, logits, (cache, ce_cache)
-
-
-def loss_and_grads(model: GPT, batch: dict, *, training: bool = True):
-    """Loss and the gradients of the trainable parameters for one batch (on the backend)."""
-    loss, _, (cache, ce_cache) = forward_loss(model, batch, training=training)
-    return loss, model.backward(cross_entropy_backward(ce_cache), cache)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -156,7 +140,7 @@ def train(model: GPT, train_data, eval_data=None, config: TrainConfig | None = N
         opt.lr = linear_warmup_decay(step, total_steps=cfg.steps, warmup_steps=min(cfg.warmup_steps, cfg.steps),
                                      base_lr=cfg.lr, min_lr=cfg.lr * cfg.min_lr_ratio)
         t0 = time.perf_counter()
-        loss, grads = loss_and_grads(model, to_backend(next(batches)))
+        loss, grads = loss_and_grads(model, to_backend(next(batches)), workers=cfg.workers)
         if not math.isfinite(loss):
             _stop_non_finite(loss, step, opt.lr, hist)
         if cfg.grad_clip:

@@ -1,0 +1,96 @@
+"""One training step's loss and gradients, on one thread or on several (data parallelism).
+
+A batch is a dict of arrays on the active backend (see ``minilora.data``):
+    generation:      x (B, T), y (B, T) next-token targets, mask (B, T) 1 on answer tokens
+    classification:  x (B, T), last (B,) position the head reads, labels (B,)
+
+Why threads. NumPy runs a matrix product on every core (through BLAS) but an elementwise
+operation (GELU, layer norm, softmax, the optimizer) on one. In minilora's training step about
+40% of the time is elementwise, and during it the other cores sit idle. The remedy is the one
+used across GPUs, applied across cores: cut the batch into shards along B, give each worker
+thread one shard and a single-threaded BLAS, run the forward and backward passes side by side,
+and add the shards' gradients. NumPy releases Python's global lock inside its array loops and
+BLAS calls, so the threads really do run at the same time.
+
+It is exact. The loss is the mean over the n masked positions of the whole batch, and shard s
+holds n_s of them, so
+    loss = sum_s (n_s / n) loss_s          and          grad = sum_s (n_s / n) grad_s.
+Each shard's backward pass starts from dloss = n_s / n, which gives its weighted gradient
+directly; the sum is taken in shard order, so a run is reproducible for a fixed worker count.
+(Nothing in a GPT mixes examples of a batch, unlike batch normalisation, so shards are
+independent.) Results differ from one thread only by float rounding.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from minilora import backend
+from minilora.layers import cross_entropy_backward, cross_entropy_forward
+
+# A shard smaller than this many examples gives each thread too little work to pay for itself.
+MIN_SHARD_ROWS = 4
+
+
+def forward_loss(model, batch: dict, *, training: bool = False):
+    """Mean loss of one batch. Returns (loss, logits, forward caches)."""
+    if "labels" in batch:
+        logits, cache = model.classify(batch["x"], batch["last"], training=training)   # (B, K)
+        loss, ce_cache = cross_entropy_forward(logits, batch["labels"])
+    else:
+        logits, cache = model.forward(batch["x"], training=training)                 # (B, T, V)
+        loss, ce_cache = cross_entropy_forward(logits, batch["y"], batch["mask"])
+    return loss, logits, (cache, ce_cache)
+
+
+def _weighted_loss_and_grads(model, batch: dict, weight: float, training: bool):
+    """(weight * loss, weight * gradients) of one batch or shard."""
+    loss, _, (cache, ce_cache) = forward_loss(model, batch, training=training)
+    return weight * loss, model.backward(cross_entropy_backward(ce_cache, weight), cache)
+
+
+def loss_and_grads(model, batch: dict, *, training: bool = True, workers: int | None = 1):
+    """Loss and the gradients of the trainable parameters for one batch (on the backend).
+
+    ``workers``: threads that share the batch (see the module docstring). 1 runs the plain
+    step; None picks ``default_workers``. A model whose training forward draws random numbers
+    (LoRA dropout) always runs on one thread, so that its random masks stay reproducible.
+    """
+    workers = default_workers(batch) if workers is None else int(workers)
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1 (or None for automatic), got {workers}")
+    if workers == 1 or backend.backend_name() != "numpy" or getattr(model, "stochastic", False):
+        return _weighted_loss_and_grads(model, batch, 1.0, training)
+    shards = [s for s in split_batch(batch, workers) if loss_positions(s) > 0]
+    n = sum(loss_positions(s) for s in shards)
+    if len(shards) < 2:                       # everything that counts sits in one shard
+        return _weighted_loss_and_grads(model, batch, 1.0, training)
+    with backend.blas_threads(1), ThreadPoolExecutor(len(shards)) as pool:
+        results = list(pool.map(lambda s: _weighted_loss_and_grads(model, s, loss_positions(s) / n, training),
+                                shards))
+    loss, grads = results[0]
+    for shard_loss, shard_grads in results[1:]:
+        loss += shard_loss
+        for name, g in shard_grads.items():
+            grads[name] += g
+    return loss, grads
+
+
+def default_workers(batch: dict) -> int:
+    """One worker per CPU core, but at least MIN_SHARD_ROWS examples per worker (1 on a GPU)."""
+    if backend.backend_name() != "numpy":
+        return 1
+    return max(1, min(backend.cpu_count(), len(batch["x"]) // MIN_SHARD_ROWS))
+
+
+def split_batch(batch: dict, parts: int) -> list[dict]:
+    """Cut every array of the batch into ``parts`` shards along B (sizes differ by at most 1)."""
+    B = len(batch["x"])
+    bounds = [B * i // parts for i in range(parts + 1)]
+    return [{k: v[lo:hi] for k, v in batch.items()} for lo, hi in zip(bounds, bounds[1:]) if hi > lo]
+
+
+def loss_positions(batch: dict) -> float:
+    """How many positions the loss averages over: masked tokens, or rows for classification."""
+    if "labels" in batch:
+        return float(len(batch["labels"]))
+    return float(batch["mask"].sum())

@@ -1,0 +1,114 @@
+"""Specification of the training step on several threads: it is the one-thread step, exactly."""
+import numpy as np
+import pytest
+
+from minilora import backend
+from minilora.lora import LoraModel, LoRAConfig
+from minilora.model import GPT, GPTConfig
+from minilora.step import default_workers, loss_and_grads, split_batch
+from minilora.train import TrainConfig, train
+from minilora.data import make_dataset
+
+from helpers import randomize
+
+CONFIG = GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8)
+
+
+def float64_model(seed=0):
+    return GPT(CONFIG, seed=seed, dtype=np.float64)
+
+
+def uneven_lm_batch(rng, B=7, T=8):
+    """Masks of different lengths per row, so shards hold different numbers of loss positions."""
+    mask = (rng.random((B, T)) < 0.6).astype(np.float64)
+    mask[:, -1] = 1.0
+    return {"x": rng.integers(0, 11, (B, T)), "y": rng.integers(0, 11, (B, T)), "mask": mask}
+
+
+def assert_same_step(model, batch, workers):
+    loss1, grads1 = loss_and_grads(model, batch, workers=1)
+    lossn, gradsn = loss_and_grads(model, batch, workers=workers)
+    assert lossn == pytest.approx(loss1, rel=1e-12)
+    assert set(gradsn) == set(grads1)
+    for name in grads1:
+        np.testing.assert_allclose(gradsn[name], grads1[name], rtol=1e-10, atol=1e-13, err_msg=name)
+
+
+@pytest.mark.parametrize("workers", [2, 3, 7])
+def test_sharded_step_equals_one_thread_step_for_language_modelling(workers):
+    """Weighting each shard by its share of the masked positions gives the full-batch loss and gradients."""
+    assert_same_step(float64_model(), uneven_lm_batch(np.random.default_rng(0)), workers)
+
+
+def test_sharded_step_equals_one_thread_step_for_classification():
+    rng = np.random.default_rng(1)
+    model = float64_model()
+    model.add_classification_head(3)
+    batch = {"x": rng.integers(0, 11, (6, 8)), "last": rng.integers(0, 8, 6), "labels": rng.integers(0, 3, 6)}
+    assert_same_step(model, batch, 2)
+
+
+def test_sharded_step_equals_one_thread_step_for_lora():
+    """Only A and B get gradients, on any number of threads, and they match the one-thread step."""
+    rng = np.random.default_rng(2)
+    lm = LoraModel(float64_model(), LoRAConfig(r=2, target_modules=("wq", "wv")))
+    randomize(lm, "lora_B", rng)
+    assert_same_step(lm, uneven_lm_batch(rng), 2)
+
+
+def test_shard_without_loss_positions_is_skipped():
+    """A shard whose mask is all zero holds nothing to learn from and must not raise."""
+    rng = np.random.default_rng(3)
+    batch = uneven_lm_batch(rng, B=4)
+    batch["mask"][:2] = 0.0
+    assert_same_step(float64_model(), batch, 2)
+
+
+def test_split_batch_covers_every_row_once_in_order():
+    batch = {"x": np.arange(10)[:, None], "y": np.arange(10)[:, None]}
+    shards = split_batch(batch, 3)
+    assert [len(s["x"]) for s in shards] == [3, 3, 4]
+    assert np.array_equal(np.concatenate([s["y"] for s in shards]), batch["y"])
+    assert len(split_batch(batch, 20)) == 10           # never an empty shard
+
+
+def test_default_workers_keeps_at_least_four_rows_per_worker():
+    assert default_workers({"x": np.zeros((3, 5))}) == 1
+    assert 1 <= default_workers({"x": np.zeros((64, 5))}) <= min(backend.cpu_count(), 16)
+
+
+def test_workers_below_one_are_refused():
+    rng = np.random.default_rng(4)
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        loss_and_grads(float64_model(), uneven_lm_batch(rng), workers=0)
+
+
+def test_lora_dropout_keeps_its_masks_reproducible_on_many_workers():
+    """A model that draws dropout masks runs on one thread: same seed, same gradients."""
+    def grads(workers):
+        lm = LoraModel(float64_model(), LoRAConfig(r=2, lora_dropout=0.3))
+        randomize(lm, "lora_B", np.random.default_rng(5))
+        return loss_and_grads(lm, uneven_lm_batch(np.random.default_rng(6)), workers=workers)[1]
+    serial, threaded = grads(1), grads(4)
+    for name in serial:
+        assert np.array_equal(serial[name], threaded[name]), name
+
+
+def test_blas_thread_limit_applies_inside_the_block_and_is_lifted_after():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+    before = blas_threads()
+    with backend.blas_threads(1):
+        assert all(n == 1 for n in blas_threads())
+    assert blas_threads() == before
+
+
+def test_training_on_two_workers_is_reproducible_and_learns():
+    """A fixed worker count gives bit-identical runs; the loss falls as on one thread."""
+    data = make_dataset("copy", 400, seed=0, block_size=24)
+    config = GPTConfig(vocab_size=56, block_size=24, n_layer=2, n_head=2, n_embd=32)
+    cfg = TrainConfig(steps=30, batch_size=16, lr=1e-2, warmup_steps=5, progress=False, workers=2)
+    runs = [train(GPT(config, seed=0), data, None, cfg).losses for _ in range(2)]
+    assert runs[0] == runs[1]
+    assert np.mean(runs[0][-5:]) < 0.9 * np.mean(runs[0][:3])
