@@ -71,34 +71,58 @@ def embedding_backward(dout, cache):
     return dW
 
 
+# --------------------------------------------------------------------------- row sums
+def sum_last(x):
+    """The sum over the last axis: x (..., n) -> (..., 1), as one matrix-vector product.
+
+    Same numbers as ``x.sum(axis=-1, keepdims=True)`` up to float rounding, but for the short
+    rows of this model (n = C or T, a few hundred) NumPy's reduction works row by row, while
+    BLAS's matrix-vector product streams through all rows at once: 3-7x faster on a CPU.
+    """
+    n = x.shape[-1]
+    return (x.reshape(-1, n) @ xp.ones(n, dtype=x.dtype)).reshape(*x.shape[:-1], 1)
+
+
+def mean_last(x):
+    """The mean over the last axis: x (..., n) -> (..., 1) (see ``sum_last``)."""
+    return sum_last(x) / x.shape[-1]
+
+
 # --------------------------------------------------------------------------- layer norm
 def layernorm_forward(x, gamma, beta, eps: float = 1e-5):
     """Layer normalisation over the last axis (Ba et al. 2016; GPT-2 uses eps = 1e-5).
 
     x (..., C), gamma (C,), beta (C,)  ->  y (..., C);  cache = (xhat, gamma, rstd).
     """
-    mean = x.mean(axis=-1, keepdims=True)                 # (..., 1)
-    xc = x - mean
-    var = (xc * xc).mean(axis=-1, keepdims=True)          # biased variance, as PyTorch
+    xc = x - mean_last(x)                                 # centred rows
+    var = mean_last(xc * xc)                              # (..., 1) biased variance, as PyTorch
     rstd = 1.0 / xp.sqrt(var + eps)                       # (..., 1)
-    xhat = xc * rstd                                      # (..., C)
-    return xhat * gamma + beta, (xhat, gamma, rstd)
+    xhat = xc
+    xhat *= rstd                                          # in place: xc is not needed any more
+    y = xhat * gamma
+    y += beta
+    return y, (xhat, gamma, rstd)
 
 
-def layernorm_backward(dy, cache):
+def layernorm_backward(dy, cache, *, param_grads: bool = True):
     """dy (..., C) -> dx (..., C), dgamma (C,), dbeta (C,).
 
     With g = dy * gamma, the three paths through mean and variance collapse to
     dx = rstd * (g - mean(g) - xhat * mean(g * xhat))   (all means over C).
+    With ``param_grads=False`` (frozen gamma and beta) dgamma and dbeta come back None.
     """
     xhat, gamma, rstd = cache
     ### BEGIN SOLUTION
     C = dy.shape[-1]
-    dgamma = (dy * xhat).reshape(-1, C).sum(axis=0)       # forward: y = xhat * gamma + beta
-    dbeta = dy.reshape(-1, C).sum(axis=0)
+    dgamma = dbeta = None
+    if param_grads:
+        dgamma = (dy * xhat).reshape(-1, C).sum(axis=0)   # forward: y = xhat * gamma + beta
+        dbeta = dy.reshape(-1, C).sum(axis=0)
     g = dy * gamma                                        # dL/dxhat
-    dx = rstd * (g - g.mean(axis=-1, keepdims=True)
-                 - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+    dx = xhat * mean_last(g * xhat)
+    dx += mean_last(g)
+    xp.subtract(g, dx, out=dx)                            # g - mean(g) - xhat mean(g xhat)
+    dx *= rstd
     ### END SOLUTION
     return dx, dgamma, dbeta
 

@@ -177,8 +177,9 @@ class GPT:
                                  self.config.ln_eps)
 
     def _layernorm_backward(self, name, dy, cache, grads):
-        dx, dgamma, dbeta = layernorm_backward(dy, cache)
-        for key, g in ((name + ".weight", dgamma), (name + ".bias", dbeta)):
+        keys = (name + ".weight", name + ".bias")
+        dx, dgamma, dbeta = layernorm_backward(dy, cache, param_grads=any(k in self.trainable for k in keys))
+        for key, g in zip(keys, (dgamma, dbeta)):
             if key in self.trainable:
                 grads[key] = g
         return dx

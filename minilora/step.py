@@ -55,6 +55,7 @@ def loss_and_grads(model, batch: dict, *, training: bool = True, workers: int | 
     step; None picks ``default_workers``. A model whose training forward draws random numbers
     (LoRA dropout) always runs on one thread, so that its random masks stay reproducible.
     """
+    backend.keep_freed_memory()               # once per process; see its docstring
     workers = default_workers(batch) if workers is None else int(workers)
     if workers < 1:
         raise ValueError(f"workers must be >= 1 (or None for automatic), got {workers}")
@@ -64,15 +65,29 @@ def loss_and_grads(model, batch: dict, *, training: bool = True, workers: int | 
     n = sum(loss_positions(s) for s in shards)
     if len(shards) < 2:                       # everything that counts sits in one shard
         return _weighted_loss_and_grads(model, batch, 1.0, training)
-    with backend.blas_threads(1), ThreadPoolExecutor(len(shards)) as pool:
-        results = list(pool.map(lambda s: _weighted_loss_and_grads(model, s, loss_positions(s) / n, training),
-                                shards))
+    with backend.blas_threads(1):
+        results = list(_thread_pool(len(shards)).map(
+            lambda s: _weighted_loss_and_grads(model, s, loss_positions(s) / n, training), shards))
     loss, grads = results[0]
     for shard_loss, shard_grads in results[1:]:
         loss += shard_loss
         for name, g in shard_grads.items():
             grads[name] += g
     return loss, grads
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+
+
+def _thread_pool(workers: int) -> ThreadPoolExecutor:
+    """One pool kept between steps: starting threads every step would cost time and fresh memory."""
+    global _pool, _pool_size
+    if _pool_size < workers:
+        if _pool is not None:
+            _pool.shutdown()
+        _pool, _pool_size = ThreadPoolExecutor(workers, thread_name_prefix="minilora-step"), workers
+    return _pool
 
 
 def default_workers(batch: dict) -> int:

@@ -1,4 +1,8 @@
 """Specification of the training step on several threads: it is the one-thread step, exactly."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -112,3 +116,40 @@ def test_training_on_two_workers_is_reproducible_and_learns():
     runs = [train(GPT(config, seed=0), data, None, cfg).losses for _ in range(2)]
     assert runs[0] == runs[1]
     assert np.mean(runs[0][-5:]) < 0.9 * np.mean(runs[0][:3])
+
+
+FAULT_PROBE = """
+import resource, numpy as np
+from minilora import backend
+from minilora.model import GPT, GPTConfig
+from minilora.optim import AdamW
+from minilora.step import loss_and_grads
+model = GPT(GPTConfig(vocab_size=64, block_size=64, n_layer=2, n_head=4, n_embd=128), seed=0)
+rng = np.random.default_rng(0)
+batch = {"x": rng.integers(0, 64, (16, 64)), "y": rng.integers(0, 64, (16, 64)), "mask": np.ones((16, 64), np.float32)}
+opt = AdamW()
+def step():
+    opt.step(model.params, loss_and_grads(model, batch, workers=2)[1])
+for _ in range(3):
+    step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    step()
+print(backend.keep_freed_memory(), (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="page-fault counts and glibc's mallopt are Linux's")
+def test_training_steps_reuse_freed_memory_instead_of_faulting_in_new_pages():
+    """After warm-up a step touches no new page; with the setting off, the same step faults thousands."""
+    def faults_per_step(keep):
+        env = {**os.environ, "MINILORA_KEEP_FREED_MEMORY": keep, "OPENBLAS_NUM_THREADS": "1"}
+        out = subprocess.run([sys.executable, "-c", FAULT_PROBE], env=env, capture_output=True, text=True, check=True)
+        kept, faults = out.stdout.split()
+        return kept == "True", float(faults)
+    kept_on, faults_on = faults_per_step("1")
+    kept_off, faults_off = faults_per_step("0")
+    if not kept_on:
+        pytest.skip("the C library is not glibc")
+    assert not kept_off and faults_off > 1000, f"the probe should fault without the setting ({faults_off})"
+    assert faults_on < 0.01 * faults_off, (faults_on, faults_off)
