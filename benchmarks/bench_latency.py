@@ -184,6 +184,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     backend.set_backend(args.backend)
+    backend.keep_freed_memory()   # as training does: no fresh pages (and page faults) on every forward pass
     shapes = [tuple(int(n) for n in s.split("x")) for s in args.shapes.split(",")]
     config = GPTConfig(vocab_size=args.vocab_size, block_size=max(T for _, T in shapes), n_layer=args.n_layer,
                        n_head=args.n_head, n_embd=args.n_embd)

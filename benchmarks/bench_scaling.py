@@ -4,6 +4,7 @@
     python benchmarks/bench_scaling.py --steps 25      # steadier medians
     python benchmarks/bench_scaling.py --sweeps rank   # one sweep
     python benchmarks/bench_scaling.py --backend cupy  # on a GPU
+    python benchmarks/bench_scaling.py --workers 2     # the batch shared by 2 threads (minilora.step)
 
 A step is forward, masked cross-entropy, backward and an AdamW step (as in bench_train.py): full
 fine-tuning trains every parameter; LoRA (Hu et al. 2021, §4) trains r on wq, wv only, so the
@@ -48,7 +49,7 @@ LR, WEIGHT_DECAY = 1e-4, 0.01   # small, so that timed steps stay numerically or
 
 
 # --------------------------------------------------------------------------- one point
-def step_fn(config: GPTConfig, batch: dict, *, r: int | None, seed: int):
+def step_fn(config: GPTConfig, batch: dict, *, r: int | None, seed: int, workers: int = 1):
     """A closure doing one training step: full fine-tuning (r None) or LoRA r on wq, wv."""
     model = GPT(config, init_params(config, seed=seed))
     if r is not None:
@@ -56,12 +57,12 @@ def step_fn(config: GPTConfig, batch: dict, *, r: int | None, seed: int):
     opt = AdamW(lr=LR, weight_decay=WEIGHT_DECAY)
 
     def step():
-        _, grads = loss_and_grads(model, batch)
+        _, grads = loss_and_grads(model, batch, workers=workers)
         opt.step(model.params, grads)
     return step, model.num_params(trainable_only=True)
 
 
-def measure_point(spec: dict, ranks, *, steps: int, warmup: int, seed: int) -> list[dict]:
+def measure_point(spec: dict, ranks, *, steps: int, warmup: int, seed: int, workers: int = 1) -> list[dict]:
     """Rows for full fine-tuning and for LoRA at each rank in ``ranks``, timed in interleaved rounds."""
     spec = dict(spec)
     B, T = spec.pop("B"), spec.pop("T")
@@ -71,7 +72,7 @@ def measure_point(spec: dict, ranks, *, steps: int, warmup: int, seed: int) -> l
     fns, trainable = {}, {}
     for r in (None, *ranks):
         name = "full" if r is None else f"lora r={r}"
-        fns[name], trainable[name] = step_fn(config, batch, r=r, seed=seed)
+        fns[name], trainable[name] = step_fn(config, batch, r=r, seed=seed, workers=workers)
     times = interleaved_times(fns, repeats=steps, warmup=warmup, sync=backend.synchronize)
     full_flops = common.gpt_flops(config, B, T)["train_step"]
     rows = []
@@ -126,6 +127,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=REFERENCE["B"], help="B")
     ap.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=1, help="threads sharing each batch (default 1: the plain step)")
     ap.add_argument("--out", type=Path, default=common.RESULTS_DIR)
     args = ap.parse_args(argv)
 
@@ -138,12 +140,13 @@ def main(argv=None):
         rows = []
         if sweep == "rank":        # one point: full fine-tuning and every rank, interleaved
             print(f"rank sweep: C={reference['n_embd']} T={reference['T']}, r in {values}", flush=True)
-            rows = measure_point(reference, values, steps=args.steps, warmup=args.warmup, seed=args.seed)
+            rows = measure_point(reference, values, steps=args.steps, warmup=args.warmup, seed=args.seed,
+                                 workers=args.workers)
         else:
             for v in values:
                 print(f"{sweep} sweep: {key}={v}", flush=True)
                 rows += measure_point({**reference, key: v}, (reference["r"],), steps=args.steps,
-                                      warmup=args.warmup, seed=args.seed)
+                                      warmup=args.warmup, seed=args.seed, workers=args.workers)
         results[sweep] = [{"sweep": sweep, **r} for r in rows]
 
     env = {**common.environment(), "load_average_before": load_before, "backend": args.backend}
@@ -151,14 +154,14 @@ def main(argv=None):
     print(common.format_table([r for rows in results.values() for r in rows], COLUMNS))
     print(f"\nreference: V={REFERENCE['vocab_size']} L={REFERENCE['n_layer']} NH={REFERENCE['n_head']} "
           f"C={REFERENCE['n_embd']} T={REFERENCE['T']} B={args.batch} r={REFERENCE['r']} (LoRA on wq, wv), float32, "
-          f"AdamW, backend {args.backend}. ms/step: median of {args.steps} rounds after {args.warmup} warm-up; "
+          f"AdamW, backend {args.backend}, {args.workers} worker thread(s). ms/step: median of {args.steps} rounds after {args.warmup} warm-up; "
           f"/ full: median over rounds of the time ratio to full fine-tuning at the same point; FLOPs / full: "
           f"the same ratio predicted from matrix-product FLOPs (common.gpt_flops).")
     if load_before is not None:
         print(f"load average (1 min) before: {load_before[0]:.1f}, after: {env['load_average_1_5_15min'][0]:.1f} "
               f"on {os.cpu_count()} CPUs; BLAS env: "
               f"{ {k: v for k, v in env['blas_env'].items() if v is not None} or 'no BLAS variables set'}")
-    stem = f"scaling_{args.backend}"
+    stem = f"scaling_{args.backend}" + (f"_x{args.workers}" if args.workers > 1 else "")
     if set(args.sweeps) != set(SWEEPS):   # a partial run does not overwrite the full one
         stem += "_" + "_".join(args.sweeps)
     common.save_json(args.out / f"{stem}.json", {"args": {k: str(v) for k, v in vars(args).items()},

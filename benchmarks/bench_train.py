@@ -2,7 +2,7 @@
 
     python benchmarks/bench_train.py                  # both configurations, 10 timed steps each
     python benchmarks/bench_train.py --steps 30 --configs large --sdpa
-    python benchmarks/bench_train.py --lora           # add LoRA rows: r = 8 on wq, wv, base frozen
+    python benchmarks/bench_train.py --no-lora        # full fine-tuning rows only
     python benchmarks/bench_train.py --workers 1 2    # only these worker-thread counts
     python benchmarks/bench_train.py --backend cupy   # minilora on the GPU (PyTorch on CUDA if it can)
 
@@ -217,7 +217,7 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     ap.add_argument("--configs", nargs="+", default=list(SHORT), choices=list(SHORT))
     ap.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
-    ap.add_argument("--lora", action="store_true", help="add rows that train LoRA r = 8 on wq, wv only")
+    ap.add_argument("--no-lora", action="store_true", help="skip the rows that train LoRA r = 8 on wq, wv only")
     ap.add_argument("--workers", type=int, nargs="+", default=None,
                     help="worker-thread counts to time minilora with (default: 1 and one per core)")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even if it is installed")
@@ -240,7 +240,7 @@ def main(argv=None):
 
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     worker_counts = args.workers or ([1] if args.backend == "cupy" else sorted({1, backend.cpu_count()}))
-    variants = [(lora, w) for lora in ((False, True) if args.lora else (False,)) for w in worker_counts]
+    variants = [(lora, w) for lora in ((False,) if args.no_lora else (False, True)) for w in worker_counts]
     rows = []
     for name in (SHORT[c] for c in args.configs):
         for lora, workers in variants:
@@ -279,7 +279,7 @@ def main(argv=None):
     if load_before is not None:   # other work on the cores slows everything, BLAS threads the most
         print(f"load average (1 min) before: {load_before[0]:.1f}, after: {env['load_average_1_5_15min'][0]:.1f} "
               f"on {os.cpu_count()} CPUs")
-    stem = f"train_{args.backend}" + ("_lora" if args.lora else "")
+    stem = f"train_{args.backend}"
     if set(args.configs) != set(SHORT):   # a partial run does not overwrite the full one
         stem += "_" + "_".join(args.configs)
     common.save_json(args.out / f"{stem}.json", {"args": {k: str(v) for k, v in vars(args).items()},

@@ -12,13 +12,13 @@
 #   2. wheels from .whl/ into /tmp/site, if that folder exists and the machine lacks a package
 #      (GPU_CHECK_FORCE_WHEELS=1 installs them anyway; benchmarks/README.md says how to make them)
 #   3. the GPU tests: pytest -m gpu (CuPy vs NumPy: forward, backward, AdamW, adapters)
-#   4. bench_train.py --backend cupy, with PyTorch on CUDA beside it when torch sees the GPU
-#   5. bench_train.py --backend cupy --lora
-#   6. bench_latency.py --backend cupy (Table 1 of the LoRA paper was measured on a GPU)
-#   7. bench_scaling.py --backend cupy
+#   4. bench_train.py --backend cupy (full fine-tuning and LoRA rows), with PyTorch on CUDA
+#      beside it when torch sees the GPU
+#   5. bench_latency.py --backend cupy (Table 1 of the LoRA paper was measured on a GPU)
+#   6. bench_scaling.py --backend cupy
 # Fail-soft: a part that fails or runs out of time is recorded and the next one runs. $OUT gets
 # gpu_check.log (everything printed, and one "part rc seconds" line per part at the end) and at
-# most seven result files (JSON and PNG).
+# most six result files (JSON and PNG).
 set -u
 
 OUT="${OUT:-./gpu_out}"
@@ -59,11 +59,11 @@ part nvidia-smi 30 nvidia-smi
 echo "git commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 
 # --------------------------------------------------------------------------- 2. carried wheels
-NEEDED="import numpy, cupy, pytest, safetensors, tqdm, matplotlib"
+NEEDED="import numpy, cupy, pytest, safetensors, tqdm, matplotlib, threadpoolctl"
 if ls .whl/*.whl >/dev/null 2>&1; then
   if "$PY" -c "$NEEDED" 2>/dev/null && [ -z "${GPU_CHECK_FORCE_WHEELS:-}" ]; then
     # Installing a second CuPy (say cupy-cuda12x over an image's cupy-cuda13x) would shadow a working one.
-    echo "=== wheels: this Python already has numpy, cupy, pytest, safetensors, tqdm and matplotlib; .whl/ not installed"
+    echo "=== wheels: this Python already has numpy, cupy, pytest, safetensors, tqdm, matplotlib and threadpoolctl; .whl/ not installed"
   else
     part wheels 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --target /tmp/site .whl/*.whl
@@ -73,7 +73,7 @@ fi
 part versions 60 "$PY" - <<'EOF'
 import importlib, platform, sys
 print("python", platform.python_version(), sys.executable)
-for name in ("numpy", "cupy", "safetensors", "tqdm", "matplotlib", "pytest", "torch"):
+for name in ("numpy", "cupy", "safetensors", "tqdm", "matplotlib", "threadpoolctl", "pytest", "torch"):
     try:
         mod = importlib.import_module(name)
         print(f"{name} {getattr(mod, '__version__', '?')} from {getattr(mod, '__file__', '?')}")
@@ -97,20 +97,19 @@ EOF
 # --continue-on-collection-errors: a test module that cannot import here must not hide the GPU tests.
 part pytest-gpu 150 "$PY" -m pytest -m gpu tests -q -p no:cacheprovider --continue-on-collection-errors -rs
 
-# --------------------------------------------------------------------------- 4-7. benchmarks
+# --------------------------------------------------------------------------- 4-6. benchmarks
 if "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
   TORCH_ARGS=(--sdpa)              # minilora on CuPy, then PyTorch eager on CUDA (plain and fused attention)
 else
   echo "=== torch with CUDA is not importable: bench_train runs minilora alone"
   TORCH_ARGS=(--no-torch)
 fi
-part bench-train 150 "$PY" benchmarks/bench_train.py --backend "$BACKEND" --steps 20 "${TORCH_ARGS[@]}" --out "$SCRATCH"
-part bench-train-lora 60 "$PY" benchmarks/bench_train.py --backend "$BACKEND" --lora --steps 20 --out "$SCRATCH"
+part bench-train 180 "$PY" benchmarks/bench_train.py --backend "$BACKEND" --steps 20 "${TORCH_ARGS[@]}" --out "$SCRATCH"
 part bench-latency 60 "$PY" benchmarks/bench_latency.py --backend "$BACKEND" --repeats 100 --out "$SCRATCH"
 part bench-scaling 90 "$PY" benchmarks/bench_scaling.py --backend "$BACKEND" --steps 15 --out "$SCRATCH"
 
 # --------------------------------------------------------------------------- results
-for f in "train_$BACKEND.json" "train_$BACKEND.png" "train_${BACKEND}_lora.json" "latency_$BACKEND.json" \
+for f in "train_$BACKEND.json" "train_$BACKEND.png" "latency_$BACKEND.json" \
          "latency_$BACKEND.png" "scaling_$BACKEND.json" "scaling_$BACKEND.png"; do
   [ -f "$SCRATCH/$f" ] && cp "$SCRATCH/$f" "$OUT/"
 done

@@ -174,7 +174,7 @@ def keep_freed_memory(*, largest_block: int = 64 << 20, keep: int = 1 << 30) -> 
     use that one heap for every thread (per-thread heaps are unmapped whenever they empty, which
     the worker threads of ``minilora.step`` would do every step).
 
-    Called once by the first training step (``minilora.step``). Process-wide; does nothing on
+    Called by ``minilora.step.forward_loss`` (training and evaluation). Process-wide; does nothing on
     CuPy, off glibc (macOS, musl) or with MINILORA_KEEP_FREED_MEMORY=0. Returns whether the
     setting is in force.
     """

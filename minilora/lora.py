@@ -55,7 +55,8 @@ def lora_forward(x, W0, b, A, B_, scale, dropout_mask=None):
     x2 = x.reshape(-1, x.shape[-1])                           # (N, d_in)
     xa = x2 if dropout_mask is None else x2 * dropout_mask.reshape(x2.shape)
     u = xa @ A.T                                              # (N, r): down-projection
-    h += (scale * (u @ B_.T)).reshape(h.shape)                # (N, d_out): up-projection, times alpha/r
+    h += ((scale * u) @ B_.T).reshape(h.shape)                # (N, d_out): up-projection, times alpha/r
+                                                              # (scaling the thin (N, r) u is cheaper)
     ### END SOLUTION
     return h, (x2, xa, W0, A, B_, u, scale, dropout_mask, x.shape)
 
@@ -76,7 +77,8 @@ def lora_backward(dh, cache):
     dxa = du @ A                                              # (N, d_in)               -> dxa = du A
     if dropout_mask is not None:
         dxa *= dropout_mask.reshape(dxa.shape)                # forward: xa = x * mask
-    dx = dh2 @ W0 + dxa                                       # forward: h = x W0^T + ... -> dh W0
+    dx = dh2 @ W0                                             # forward: h = x W0^T + ... -> dh W0
+    dx += dxa
     ### END SOLUTION
     return dx.reshape(x_shape), dA, dB
 

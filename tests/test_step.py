@@ -9,7 +9,7 @@ import pytest
 from minilora import backend
 from minilora.lora import LoraModel, LoRAConfig
 from minilora.model import GPT, GPTConfig
-from minilora.step import default_workers, loss_and_grads, split_batch
+from minilora.step import MIN_SHARD_TOKENS, default_workers, loss_and_grads, split_batch
 from minilora.train import TrainConfig, train
 from minilora.data import make_dataset
 
@@ -76,9 +76,12 @@ def test_split_batch_covers_every_row_once_in_order():
     assert len(split_batch(batch, 20)) == 10           # never an empty shard
 
 
-def test_default_workers_keeps_at_least_four_rows_per_worker():
-    assert default_workers({"x": np.zeros((3, 5))}) == 1
-    assert 1 <= default_workers({"x": np.zeros((64, 5))}) <= min(backend.cpu_count(), 16)
+def test_default_workers_gives_every_worker_enough_tokens_and_at_least_one_row():
+    assert default_workers({"x": np.zeros((8, 16))}) == 1                   # 128 tokens: one thread
+    for B, T in ((32, 24), (3, 512), (64, 64)):
+        workers = default_workers({"x": np.zeros((B, T))})
+        assert 1 <= workers <= min(backend.cpu_count(), B)
+        assert workers == 1 or B * T / workers >= MIN_SHARD_TOKENS
 
 
 def test_workers_below_one_are_refused():
