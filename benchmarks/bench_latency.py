@@ -39,7 +39,8 @@ import numpy as np  # noqa: E402
 import common  # noqa: E402
 from minilora import backend  # noqa: E402
 from minilora.adapters import AdapterConfig, AdapterModel, expected_trainable_count  # noqa: E402
-from minilora.lora import LoRAConfig, LoraModel  # noqa: E402
+from minilora.lora import LoRAConfig  # noqa: E402
+from minilora.lora_model import LoraModel  # noqa: E402
 from minilora.model import GPT, GPTConfig, init_params  # noqa: E402
 from minilora.pretrain import base_config  # noqa: E402
 

@@ -35,7 +35,8 @@ import common  # noqa: E402
 from bench_latency import interleaved_times  # noqa: E402
 from bench_train import random_batch  # noqa: E402
 from minilora import backend  # noqa: E402
-from minilora.lora import LoRAConfig, LoraModel  # noqa: E402
+from minilora.lora import LoRAConfig  # noqa: E402
+from minilora.lora_model import LoraModel  # noqa: E402
 from minilora.model import GPT, GPTConfig, init_params  # noqa: E402
 from minilora.optim import AdamW  # noqa: E402
 from minilora.train import loss_and_grads, to_backend  # noqa: E402

@@ -37,6 +37,8 @@ import numpy as np  # noqa: E402
 
 import common  # noqa: E402
 from minilora import backend  # noqa: E402
+from minilora.lora import LoRAConfig  # noqa: E402
+from minilora.lora_model import LoraModel  # noqa: E402
 from minilora.model import GPT, GPTConfig, init_params  # noqa: E402
 from minilora.optim import AdamW  # noqa: E402
 from minilora.train import loss_and_grads, to_backend  # noqa: E402
@@ -66,15 +68,9 @@ def random_batch(config: GPTConfig, B: int, T: int, seed: int) -> dict:
             "mask": np.ones((B, T), dtype=np.float32)}
 
 
-def attach_lora(model: GPT):
-    """The model with LoRA r = 8 on wq and wv (Hu et al. 2021, §4.2), or None without minilora.lora."""
-    try:
-        from minilora import lora
-    except ImportError:
-        return None
-    if not hasattr(lora, "LoraModel"):
-        return None
-    return lora.LoraModel(model, lora.LoRAConfig(r=LORA_R, target_modules=LORA_TARGETS))
+def attach_lora(model: GPT) -> LoraModel:
+    """The model with LoRA r = 8 on wq and wv (Hu et al. 2021, §4.2), base frozen."""
+    return LoraModel(model, LoRAConfig(r=LORA_R, target_modules=LORA_TARGETS))
 
 
 def matmul_probe(config: GPTConfig, B: int, T: int, xp=np, sync=None) -> dict:
@@ -94,8 +90,6 @@ def measure_minilora(name: str, *, backend_name: str, lora: bool, workers: int, 
     model = GPT(config, seed=seed)
     if lora:
         model = attach_lora(model)
-        if model is None:
-            return {"skipped": "minilora.lora has no LoraModel yet"}
     opt = AdamW(lr=LR, weight_decay=WEIGHT_DECAY)
     batch = to_backend(random_batch(config, B, T, seed))
 
@@ -246,12 +240,8 @@ def main(argv=None):
         for lora, workers in variants:
             print(f"{name}: minilora {args.backend}" + (" lora" if lora else "") + f", {workers} worker(s)",
                   flush=True)
-            row = run_isolated(measure_minilora, isolate, name=name, backend_name=args.backend, lora=lora,
-                               workers=workers, **timing)
-            if "skipped" in row:
-                print(f"  skipped: {row['skipped']}")
-                continue
-            rows.append(finish_row(row, name))
+            rows.append(finish_row(run_isolated(measure_minilora, isolate, name=name, backend_name=args.backend,
+                                                lora=lora, workers=workers, **timing), name))
         for sdpa in torch_variants:
             print(f"{name}: torch {device}" + (" sdpa" if sdpa else ""), flush=True)
             rows.append(finish_row(run_isolated(measure_torch, isolate, name=name, sdpa=sdpa, device=device,

@@ -88,7 +88,7 @@ def _add_merge(sub):
 
 def _merge(args):
     from minilora import io
-    from minilora.lora import LoraModel
+    from minilora.lora_model import LoraModel
     from minilora.model import save_model
     from minilora.pretrain import load_base
 

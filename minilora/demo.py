@@ -16,7 +16,7 @@ import numpy as np
 from minilora import backend, io
 from minilora.data import DOWNSTREAM_TASKS, get_task, make_splits
 from minilora.finetune import FinetuneResult, default_train_config, finetune
-from minilora.lora import LoraModel
+from minilora.lora_model import LoraModel
 from minilora.pretrain import load_base
 from minilora.train import evaluate, plot_histories, to_backend
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from minilora import io
 from minilora.data import ClassificationData, TextData, make_splits
-from minilora.lora import LoRAConfig, LoraModel
+from minilora.lora import LoRAConfig
+from minilora.lora_model import LoraModel
 from minilora.model import GPT, save_model
 from minilora.pretrain import load_base
 from minilora.train import History, TrainConfig, evaluate, evaluate_text, train

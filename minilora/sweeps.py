@@ -28,7 +28,8 @@ from minilora import analysis
 from minilora.backend import to_numpy
 from minilora.data import ClassificationData, iterate_batches, make_splits
 from minilora.finetune import prepare
-from minilora.lora import TARGETS, LoRAConfig, LoraModel
+from minilora.lora import TARGETS, LoRAConfig
+from minilora.lora_model import LoraModel
 from minilora.model import BLOCK_LINEARS
 from minilora.pretrain import load_base
 from minilora.train import TrainConfig, evaluate, loss_and_grads, to_backend, train

@@ -10,7 +10,8 @@ from minilora.adapters import (AdapterConfig, AdapterModel, adapter_backward, ad
 from minilora.data import make_dataset
 from minilora.gradcheck import check_gradient, check_layer
 from minilora.layers import cross_entropy_forward
-from minilora.lora import LoRAConfig, LoraModel
+from minilora.lora import LoRAConfig
+from minilora.lora_model import LoraModel
 from minilora.model import GPT, GPTConfig, base_params, param_shapes
 from minilora.optim import AdamW
 from minilora.pretrain import load_base

@@ -10,7 +10,8 @@ import pytest
 from minilora.analysis import (amplification, effective_rank, energy_rank, lora_delta, lora_factors,
                                random_baseline, right_singular_basis, spectrum, subspace_similarity,
                                subspace_similarity_grid)
-from minilora.lora import LoRAConfig, LoraModel
+from minilora.lora import LoRAConfig
+from minilora.lora_model import LoraModel
 from minilora.model import GPT, GPTConfig
 
 

@@ -75,7 +75,8 @@ def test_seeded_generator_gives_the_same_numbers_twice():
 @needs_gpu
 def test_cupy_forward_and_backward_match_numpy():
     """The same model on CuPy gives NumPy's logits and gradients at float32 tolerance."""
-    from minilora.lora import LoRAConfig, LoraModel
+    from minilora.lora import LoRAConfig
+    from minilora.lora_model import LoraModel
     from minilora.model import GPT, GPTConfig
     from minilora.train import loss_and_grads
 

@@ -4,7 +4,7 @@ import pytest
 
 from minilora import io
 from minilora.cli import main
-from minilora.lora import LoraModel
+from minilora.lora_model import LoraModel
 from minilora.model import load_model
 from minilora.pretrain import load_base
 

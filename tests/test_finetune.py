@@ -4,7 +4,8 @@ import pytest
 
 from minilora.data import make_dataset
 from minilora.finetune import finetune, prepare
-from minilora.lora import LoRAConfig, LoraModel
+from minilora.lora import LoRAConfig
+from minilora.lora_model import LoraModel
 from minilora.model import GPT
 from minilora.pretrain import base_config
 from minilora.train import TrainConfig

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from minilora import backend
-from minilora.lora import LoraModel, LoRAConfig
+from minilora.lora import LoRAConfig
+from minilora.lora_model import LoraModel
 from minilora.model import GPT, GPTConfig
 from minilora.step import MIN_SHARD_TOKENS, default_workers, loss_and_grads, split_batch
 from minilora.train import TrainConfig, train

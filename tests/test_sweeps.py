@@ -7,7 +7,8 @@ import pytest
 from minilora import sweeps
 from minilora.data import default_tokenizer, make_splits
 from minilora.finetune import prepare
-from minilora.lora import LoRAConfig, LoraModel
+from minilora.lora import LoRAConfig
+from minilora.lora_model import LoraModel
 from minilora.model import GPT, GPTConfig
 
 L, C = 2, 16
