@@ -142,7 +142,7 @@ def _add_exercises(sub):
 
 
 def _exercises(args):
-    from minilora.exercises import exercises_main
+    from minilora.grading import exercises_main
 
     sys.exit(exercises_main(args.rest))
 
@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["exercises"]:              # its own parser, so `minilora exercises --help` works
-        from minilora.exercises import exercises_main
+        from minilora.grading import exercises_main
 
         return exercises_main(argv[1:])
     parser = build_parser()

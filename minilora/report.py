@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minilora import sweeps
+from minilora import rank_choice, sweeps
 from minilora.analysis import energy_rank, spectrum
 
 # The paper's numbers (Hu et al. 2021; GPT-3 175B unless said), as LORA_NOTES §4-5 list them.
@@ -67,7 +67,7 @@ def _rank_section(sw: dict, tol: float, seed_pair: tuple | None = None) -> list[
              f"Exact-match accuracy in % (test loss in brackets); lora_alpha = {sw['lora_alpha']:g} for every r "
              f"(§4.1: alpha is set once and not tuned), {sw['steps']} steps each.", ""]
     lines += _table(["targets"] + [f"r={r}" for r in ranks] + ["trainable at r=1"],
-                    [[sweeps._label(t)] + [f"{pct(acc[t][r])} ({loss[t][r]:.3f})" for r in ranks]
+                    [[sweeps.targets_label(t)] + [f"{pct(acc[t][r])} ({loss[t][r]:.3f})" for r in ranks]
                      + [f"{sw['trainable'][k][0]:,}"] for k, t in enumerate(sets)])
     lines += ["", "Paper, Table 6 (GPT-3, WikiSQL accuracy, r = 1, 2, 4, 8, 64): Wq 68.8, 69.6, 70.5, 70.4, 70.0; "
               "Wq,Wv 73.4, 73.3, 73.7, 73.8, 73.5; Wq,Wk,Wv,Wo 74.1, 73.7, 74.0, 74.0, 73.9. "
@@ -305,16 +305,16 @@ def run_analysis(out_dir, task: str = "shift", quick: bool = False, *, config=No
     budget = section("fixed budget", lambda: sweeps.budget_sweep(lab))
     sub = section("subspace similarity", lambda: sweeps.subspace_analysis(lab))
     amp = section("dW vs W", lambda: sweeps.amplification_analysis(lab))
-    spectra = section("full fine-tuning spectra", lambda: sweeps.full_finetune_spectra(lab))
-    init = section("initialisation", lambda: sweeps.init_ablation(lab))
-    recs = sweeps.recommend_rank(task, full_ft_result=spectra, sweep=sw, tolerance=tol)
+    spectra = section("full fine-tuning spectra", lambda: rank_choice.full_finetune_spectra(lab))
+    init = section("initialisation", lambda: rank_choice.init_ablation(lab))
+    recs = rank_choice.recommend_rank(task, full_ft_result=spectra, sweep=sw, tolerance=tol)
 
     print("[plots]", flush=True)
     sweeps.plot_rank_sweep(sw, out / "rank_sweep.png")
     sweeps.plot_budget(budget, out / "budget.png", task)
     sweeps.plot_subspace(sub, out / "subspace.png")
-    sweeps.plot_spectra(spectra, out / "spectra.png")
-    sweeps.plot_init_ablation(init, out / "init.png", task)
+    rank_choice.plot_spectra(spectra, out / "spectra.png")
+    rank_choice.plot_init_ablation(init, out / "init.png", task)
     gen = np.random.default_rng(0)
     shapes = sorted({r["shape"] for r in spectra["rows"]})
     random_k = {s: energy_rank(spectrum(gen.standard_normal(s)), spectra["fraction"]) for s in shapes}
@@ -333,7 +333,7 @@ def run_analysis(out_dir, task: str = "shift", quick: bool = False, *, config=No
              f"- Every run: {cfg.steps} AdamW steps, batch {cfg.batch_size}, lr {cfg.lr:g} (LoRA) / "
              f"{cfg.full_lr:g} (full fine-tuning: {pct(full.accuracy)}%, loss {full.loss:.3f}), warmup "
              f"{cfg.warmup_steps}, no weight decay; LoRA init {cfg.init!r} "
-             f"({sweeps.init_distribution(cfg.init, None, 8, m.n_embd)}{' at r = 8' if cfg.init == 'peft_gaussian' else ''}"
+             f"({rank_choice.init_distribution(cfg.init, None, 8, m.n_embd)}{' at r = 8' if cfg.init == 'peft_gaussian' else ''}"
              f", B = 0), "
              f"lora_alpha = {cfg.lora_alpha:g} for every r.",
              f"- Wall time: {wall:.0f} s for {len(lab.runs)} training runs ({lab.seconds:.0f} s in training "
@@ -348,7 +348,7 @@ def run_analysis(out_dir, task: str = "shift", quick: bool = False, *, config=No
     lines += _amplification_section(amp)
     lines += _spectra_section(spectra, random_k)
     lines += _init_section(init, lab.classification)
-    lines += ["## 7. Which rank to use", "", "```", sweeps.format_recommendation(recs), "```", ""]
+    lines += ["## 7. Which rank to use", "", "```", rank_choice.format_recommendation(recs), "```", ""]
     (out / "analysis.md").write_text("\n".join(lines), encoding="utf-8")
 
     results = {"task": task, "quick": quick, "wall_seconds": wall, "timings": timings,

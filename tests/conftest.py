@@ -8,6 +8,8 @@ import pytest
 
 from minilora import backend
 
+from helpers import SWEEP_C, SWEEP_L, tiny_lab, tiny_task_base
+
 
 @pytest.fixture
 def rng():
@@ -23,6 +25,19 @@ def numpy_backend():
     yield
     backend.set_backend("numpy")
     backend.set_default_dtype(np.float32)
+
+
+# --------------------------------------------------------------------------- the sweep specs' tiny model
+@pytest.fixture(scope="module")
+def tiny_base():
+    """The random tiny GPT of the sweep specs (helpers.tiny_task_base), SWEEP_L layers of SWEEP_C channels."""
+    return tiny_task_base(SWEEP_L, SWEEP_C)
+
+
+@pytest.fixture(scope="module")
+def lab(tiny_base):
+    """A Lab with 3 steps per run on 64 training examples (shared by a module's tests: runs are cached)."""
+    return tiny_lab(tiny_base)
 
 
 # --------------------------------------------------------------------------- exercise steps

@@ -1,6 +1,8 @@
 """Small builders shared by the spec tests (not tests themselves)."""
 import numpy as np
 
+from minilora import sweeps
+from minilora.data import default_tokenizer
 from minilora.model import GPT, GPTConfig
 
 # The base model of the LoRA specs: small enough for central differences on every parameter.
@@ -26,3 +28,20 @@ def randomize(model, marker, rng, scale=0.1):
     for name, value in model.params.items():
         if marker in name:
             value[...] = scale * rng.standard_normal(value.shape)
+
+
+# The tiny GPT of the sweep specs: layers and width (tests/conftest.py builds it as ``tiny_base``).
+SWEEP_L, SWEEP_C = 2, 16
+
+
+def tiny_task_base(n_layer, n_embd):
+    """A random tiny GPT with the task tokenizer's vocabulary and the shipped block size."""
+    return GPT(GPTConfig(vocab_size=default_tokenizer().vocab_size, block_size=24, n_layer=n_layer, n_head=2,
+                         n_embd=n_embd), seed=0)
+
+
+def tiny_lab(base):
+    """A Lab with 3 steps per run on 64 training examples (shared by the tests: runs are cached)."""
+    cfg = sweeps.SweepConfig(task="shift", steps=3, batch_size=8, n_train=64, n_test=32, warmup_steps=1,
+                             ranks=(1, 2, 8), target_sets=(("wq",), ("wq", "wv")), budget_rank=8, progress=False)
+    return sweeps.Lab(cfg, base=base)

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from minilora.exercises import (BEGIN, END, STEPS, SolutionMarkerError, check_table, exercises_main,
-                                find_regions, get_step, grade, grading_env, make_student_workspace,
-                                replace_regions, restore_solution, step_tests, steps_for_test)
+from minilora.exercises import (BEGIN, END, STEPS, SolutionMarkerError, check_table, find_regions,
+                                get_step, make_student_workspace, replace_regions, restore_solution,
+                                step_tests, steps_for_test)
+from minilora.grading import exercises_main, grade, grading_env
 
 REPO = Path(__file__).resolve().parent.parent
 AVAILABLE = [s for s in STEPS if s.missing(REPO) is None]

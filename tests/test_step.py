@@ -156,4 +156,4 @@ def test_training_steps_reuse_freed_memory_instead_of_faulting_in_new_pages():
     if not kept_on:
         pytest.skip("the C library is not glibc")
     assert not kept_off and faults_off > 1000, f"the probe should fault without the setting ({faults_off})"
-    assert faults_on < 0.01 * faults_off, (faults_on, faults_off)
+    assert faults_on < 0.05 * faults_off, (faults_on, faults_off)    # measured: 0-50 against 4,600-6,600
