@@ -53,7 +53,7 @@ def _add_finetune(sub):
 
 
 def _finetune(args):
-    from minilora.data import get_task
+    from minilora.tasks import get_task
     from minilora.finetune import default_train_config, finetune
     from minilora.lora import LoRAConfig
     from minilora.model import save_model

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from minilora import backend, io
-from minilora.data import DOWNSTREAM_TASKS, get_task, make_splits
+from minilora.data import make_splits
+from minilora.tasks import DOWNSTREAM_TASKS, get_task
 from minilora.finetune import FinetuneResult, default_train_config, finetune
 from minilora.lora_model import LoraModel
 from minilora.pretrain import load_base

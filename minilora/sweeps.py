@@ -40,7 +40,7 @@ INIT_VARIANTS = (("gaussian, std 1/sqrt(d_in)", "gaussian", None), ("gaussian, s
 # --------------------------------------------------------------------------- settings and runs
 @dataclass
 class SweepConfig:
-    task: str = "shift"          # downstream task (minilora.data.DOWNSTREAM_TASKS)
+    task: str = "shift"          # downstream task (minilora.tasks.DOWNSTREAM_TASKS)
     steps: int = 300             # per run, the same for every run (400 took the 35 runs past 10 min on 2 busy cores)
     batch_size: int = 16         # 16 costs under half of 32 per step and learns about as fast per step
     lr: float = 5e-3             # LoRA learning rate (AdamW), as minilora.finetune's default (1e-2 diverges on shift)

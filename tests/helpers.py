@@ -2,7 +2,7 @@
 import numpy as np
 
 from minilora import sweeps
-from minilora.data import default_tokenizer
+from minilora.tasks import default_tokenizer
 from minilora.model import GPT, GPTConfig
 
 # The base model of the LoRA specs: small enough for central differences on every parameter.

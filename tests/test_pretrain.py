@@ -1,7 +1,7 @@
 """Specification of the shipped base model and of pretraining."""
 import pytest
 
-from minilora.data import PRETRAIN_TASKS
+from minilora.tasks import PRETRAIN_TASKS
 from minilora.io import dir_size, fingerprint, read_json
 from minilora.model import GPT
 from minilora.pretrain import SHIPPED_BASE, PretrainConfig, base_config, load_base, pretrain, task_accuracy
