@@ -18,7 +18,10 @@ Printed per row: ms/step (median, after 3 warm-up steps), tokens/s = B T / step 
 GFLOP/s = matrix-product FLOPs of the step (common.gpt_flops) / step time, the GFLOP/s of two
 float32 NumPy matmuls measured in the same process right after the steps, (B T, C) @ (C, 4C)
 (the MLP's fc product) and 1024^3, and the step's GFLOP/s as a fraction of each; peak RSS growth
-and optimizer state bytes; the step time as a multiple of PyTorch's. Results go to
+and optimizer state bytes; the step time as a multiple of PyTorch's. A second table gives the
+LoRA step as a fraction of the full fine-tuning step, both timed in interleaved rounds in one
+process (the steadier figure for that ratio; the main table's "x full" compares rows measured
+in different processes). Results go to
 benchmarks/results/train_<backend>[_lora][_<config>].json and .png (the config only when
 --configs names fewer than all).
 """
@@ -31,11 +34,12 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # common, torch_gpt
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # common, bench_latency, torch_gpt
 
 import numpy as np  # noqa: E402
 
 import common  # noqa: E402
+from bench_latency import interleaved_times  # noqa: E402
 from minilora import backend  # noqa: E402
 from minilora.lora import LoRAConfig  # noqa: E402
 from minilora.lora_model import LoraModel  # noqa: E402
@@ -106,6 +110,38 @@ def measure_minilora(name: str, *, backend_name: str, lora: bool, workers: int, 
         row.update(lora_r=LORA_R, lora_targets=len(LORA_TARGETS))
     xp = backend.xp if backend_name == "cupy" else np
     return {**row, **matmul_probe(config, B, T, xp=xp, sync=backend.synchronize)}
+
+
+def measure_lora_ratio(name: str, *, backend_name: str, workers: int, rounds: int, warmup: int, seed: int) -> dict:
+    """LoRA step / full fine-tuning step, both built in this process and timed in interleaved rounds.
+
+    Separate rows of the main table come from separate processes seconds apart; on a noisy
+    machine their ratio drifts. Here every round times both steps back to back (in an order
+    that alternates), and the ratio is the median over rounds of lora time / full time.
+    """
+    backend.set_backend(backend_name)
+    config, B, T = gpt_config(name)
+    batch = to_backend(random_batch(config, B, T, seed))
+    steps = {}
+    for method in ("full", "lora"):
+        model = GPT(config, seed=seed)
+        model = attach_lora(model) if method == "lora" else model
+        opt = AdamW(lr=LR, weight_decay=WEIGHT_DECAY)
+        steps[method] = lambda model=model, opt=opt: opt.step(model.params,
+                                                              loss_and_grads(model, batch, workers=workers)[1])
+    times = interleaved_times(steps, repeats=rounds, warmup=warmup, sync=backend.synchronize)
+    ratios = np.asarray(times["lora"]) / np.asarray(times["full"])
+    flops = [common.gpt_flops(config, B, T, **kw)["train_step"] for kw in ({}, {"lora_r": LORA_R,
+                                                                              "lora_targets": len(LORA_TARGETS)})]
+    return {"config": name, "workers": workers, "rounds": rounds,
+            "full_ms": 1e3 * float(np.median(times["full"])), "lora_ms": 1e3 * float(np.median(times["lora"])),
+            "ratio": float(np.median(ratios)), "ratio_q25": float(np.quantile(ratios, 0.25)),
+            "ratio_q75": float(np.quantile(ratios, 0.75)), "flops_ratio": flops[1] / flops[0]}
+
+
+RATIO_COLUMNS = [("config", "config", "s"), ("workers", "workers", "d"), ("full_ms", "full ms", ".1f"),
+                 ("lora_ms", "LoRA ms", ".1f"), ("ratio", "LoRA / full", ".3f"), ("ratio_q25", "q25", ".3f"),
+                 ("ratio_q75", "q75", ".3f"), ("flops_ratio", "FLOPs ratio", ".3f")]
 
 
 def measure_torch(name: str, *, sdpa: bool, device: str, steps: int, warmup: int, seed: int) -> dict:
@@ -212,6 +248,7 @@ def main(argv=None):
     ap.add_argument("--configs", nargs="+", default=list(SHORT), choices=list(SHORT))
     ap.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
     ap.add_argument("--no-lora", action="store_true", help="skip the rows that train LoRA r = 8 on wq, wv only")
+    ap.add_argument("--rounds", type=int, default=20, help="interleaved rounds of the LoRA / full ratio")
     ap.add_argument("--workers", type=int, nargs="+", default=None,
                     help="worker-thread counts to time minilora with (default: 1 and one per core)")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even if it is installed")
@@ -249,6 +286,10 @@ def main(argv=None):
     if not rows:
         print("nothing measured")
         return 1
+    ratios = [] if args.no_lora else [
+        run_isolated(measure_lora_ratio, isolate, name=SHORT[c], backend_name=args.backend, workers=w,
+                     rounds=args.rounds, warmup=args.warmup, seed=args.seed)
+        for c in args.configs for w in worker_counts]
     for r in rows:   # the step time as a multiple of PyTorch eager's (same configuration, no sdpa)
         ref = next((t for t in rows if t["config"] == r["config"] and t["impl"] == f"torch {device}"), None)
         r["vs_torch"] = r["ms_per_step"] / ref["ms_per_step"] if ref else None
@@ -263,6 +304,10 @@ def main(argv=None):
     print(f"\nFLOPs: matrix products only, training = 3 x forward (frozen layers 2 x), full T^2 attention "
           f"(see common.gpt_flops). "
           f"{args.steps} timed steps after {args.warmup} warm-up; float32.")
+    if ratios:
+        print(f"\nLoRA step / full step, timed back to back in {args.rounds} interleaved rounds in one process "
+              f"(median over rounds, quartiles q25-q75); FLOPs ratio: matrix products only (common.gpt_flops).")
+        print(common.format_table(ratios, RATIO_COLUMNS))
     libs = [(b.get("internal_api"), b.get("version"), b.get("architecture"), b.get("num_threads")) for b in env["blas"]]
     print(f"BLAS (api, version, kernel, threads): {libs}; "
           f"env: { {k: v for k, v in env['blas_env'].items() if v is not None} or 'no BLAS variables set'}")
@@ -273,7 +318,7 @@ def main(argv=None):
     if set(args.configs) != set(SHORT):   # a partial run does not overwrite the full one
         stem += "_" + "_".join(args.configs)
     common.save_json(args.out / f"{stem}.json", {"args": {k: str(v) for k, v in vars(args).items()},
-                                                  "environment": env, "results": rows})
+                                                  "environment": env, "results": rows, "lora_vs_full": ratios})
     plot(rows, args.out / f"{stem}.png")
     print(f"saved {args.out / stem}.json and .png")
     return 0
