@@ -20,7 +20,7 @@ from minilora import backend
 from minilora.data import TextData, iterate_batches
 from minilora.model import GPT, save_model
 from minilora.optim import AdamW, clip_grad_norm, linear_warmup_decay
-from minilora.step import forward_loss, loss_and_grads  # noqa: F401  (re-exported: the step lives in step.py)
+from minilora.step import forward_loss, loss_and_grads
 
 
 class NonFiniteLossError(RuntimeError):
