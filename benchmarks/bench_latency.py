@@ -231,17 +231,11 @@ def main(argv=None):
     print(f"LoRA r={LORA_R} on {'+'.join(LORA_TARGETS)}; adapter bottlenecks chosen as the m whose trainable count is "
           f"nearest LoRA's ({facts['lora_unmerged']['trainable']:,}). merged vs unmerged logits, max |diff|: "
           f"{max(c['merged_vs_unmerged_max_abs'] for c in checks.values()):.1e}")
-    if load_before is not None:
-        print(f"load average (1 min) before: {load_before[0]:.1f}, after: {env['load_average_1_5_15min'][0]:.1f} "
-              f"on {os.cpu_count()} CPUs; BLAS env: "
-              f"{ {k: v for k, v in env['blas_env'].items() if v is not None} or 'no BLAS variables set'}")
-    stem = f"latency_{args.backend}"
-    common.save_json(args.out / f"{stem}.json", {"args": {k: str(v) for k, v in vars(args).items()},
-                                                  "model": vars(config), "environment": env, "checks": checks,
-                                                  "paper_table1": {"shapes": PAPER_SHAPES, **PAPER},
-                                                  "results": rows})
-    plot(rows, shapes, args.out / f"{stem}.png")
-    print(f"saved {args.out / stem}.json and .png")
+    common.print_conditions(env, load_before)
+    common.save_results(args.out, f"latency_{args.backend}", args,
+                        {"model": vars(config), "environment": env, "checks": checks,
+                         "paper_table1": {"shapes": PAPER_SHAPES, **PAPER}, "results": rows},
+                        lambda path: plot(rows, shapes, path))
     return 0
 
 

@@ -158,17 +158,12 @@ def main(argv=None):
           f"AdamW, backend {args.backend}, {args.workers} worker thread(s). ms/step: median of {args.steps} rounds after {args.warmup} warm-up; "
           f"/ full: median over rounds of the time ratio to full fine-tuning at the same point; FLOPs / full: "
           f"the same ratio predicted from matrix-product FLOPs (common.gpt_flops).")
-    if load_before is not None:
-        print(f"load average (1 min) before: {load_before[0]:.1f}, after: {env['load_average_1_5_15min'][0]:.1f} "
-              f"on {os.cpu_count()} CPUs; BLAS env: "
-              f"{ {k: v for k, v in env['blas_env'].items() if v is not None} or 'no BLAS variables set'}")
+    common.print_conditions(env, load_before)
     stem = f"scaling_{args.backend}" + (f"_x{args.workers}" if args.workers > 1 else "")
     if set(args.sweeps) != set(SWEEPS):   # a partial run does not overwrite the full one
         stem += "_" + "_".join(args.sweeps)
-    common.save_json(args.out / f"{stem}.json", {"args": {k: str(v) for k, v in vars(args).items()},
-                                                  "reference": reference, "environment": env, "results": results})
-    plot(results, args.out / f"{stem}.png")
-    print(f"saved {args.out / stem}.json and .png")
+    common.save_results(args.out, stem, args, {"reference": reference, "environment": env, "results": results},
+                        lambda path: plot(results, path))
     return 0
 
 

@@ -309,18 +309,13 @@ def main(argv=None):
               f"(median over rounds, quartiles q25-q75); FLOPs ratio: matrix products only (common.gpt_flops).")
         print(common.format_table(ratios, RATIO_COLUMNS))
     libs = [(b.get("internal_api"), b.get("version"), b.get("architecture"), b.get("num_threads")) for b in env["blas"]]
-    print(f"BLAS (api, version, kernel, threads): {libs}; "
-          f"env: { {k: v for k, v in env['blas_env'].items() if v is not None} or 'no BLAS variables set'}")
-    if load_before is not None:   # other work on the cores slows everything, BLAS threads the most
-        print(f"load average (1 min) before: {load_before[0]:.1f}, after: {env['load_average_1_5_15min'][0]:.1f} "
-              f"on {os.cpu_count()} CPUs")
+    print(f"BLAS (api, version, kernel, threads): {libs}")
+    common.print_conditions(env, load_before)
     stem = f"train_{args.backend}"
     if set(args.configs) != set(SHORT):   # a partial run does not overwrite the full one
         stem += "_" + "_".join(args.configs)
-    common.save_json(args.out / f"{stem}.json", {"args": {k: str(v) for k, v in vars(args).items()},
-                                                  "environment": env, "results": rows, "lora_vs_full": ratios})
-    plot(rows, args.out / f"{stem}.png")
-    print(f"saved {args.out / stem}.json and .png")
+    common.save_results(args.out, stem, args, {"environment": env, "results": rows, "lora_vs_full": ratios},
+                        lambda path: plot(rows, path))
     return 0
 
 

@@ -200,6 +200,23 @@ def save_json(path, obj) -> Path:
     return path
 
 
+def print_conditions(env: dict, load_before) -> None:
+    """One line on what the numbers were measured under: the load average before and after (other
+    work on the cores slows everything, BLAS threads the most) and the BLAS variables that are set."""
+    blas_env = {k: v for k, v in env["blas_env"].items() if v is not None} or "no BLAS variables set"
+    load = (f"load average (1 min) before: {load_before[0]:.1f}, after: {env['load_average_1_5_15min'][0]:.1f} "
+            f"on {os.cpu_count()} CPUs; " if load_before is not None else "")
+    print(f"{load}BLAS env: {blas_env}")
+
+
+def save_results(out_dir, stem: str, args, payload: dict, plot) -> None:
+    """Write ``stem``.json (the command-line arguments and ``payload``) and ``plot(path)``'s ``stem``.png."""
+    out_dir = Path(out_dir)
+    save_json(out_dir / f"{stem}.json", {"args": {k: str(v) for k, v in vars(args).items()}, **payload})
+    plot(out_dir / f"{stem}.png")
+    print(f"saved {out_dir / stem}.json and .png")
+
+
 def save_figure(fig, path) -> Path:
     """Lay out, save (creating the folder) and close a matplotlib figure; returns the path."""
     import matplotlib.pyplot as plt

@@ -45,3 +45,17 @@ def tiny_lab(base):
     cfg = sweeps.SweepConfig(task="shift", steps=3, batch_size=8, n_train=64, n_test=32, warmup_steps=1,
                              ranks=(1, 2, 8), target_sets=(("wq",), ("wq", "wv")), budget_rank=8, progress=False)
     return sweeps.Lab(cfg, base=base)
+
+
+def adapted_model_and_base_logits(wrap, zero_factor: str, rng, *, T: int = 6):
+    """(wrap(base), idx, the base's logits on idx) for a tiny float64 base and random tokens idx.
+
+    The wrapped model's zero-initialised factor (``zero_factor``, e.g. ".lora_B.") is randomised,
+    so the adapter really changes the output and "equals the base" cannot pass by accident.
+    """
+    base = tiny_float64_base()
+    idx = rng.integers(0, TINY_LORA_BASE.vocab_size, (2, T))
+    reference, _ = base.forward(idx)
+    wrapped = wrap(base)
+    randomize(wrapped, zero_factor, rng)
+    return wrapped, idx, reference

@@ -12,19 +12,14 @@ from minilora.gradcheck import check_gradient, check_layer
 from minilora.layers import cross_entropy_forward
 from minilora.lora import LoRAConfig
 from minilora.lora_model import LoraModel
-from minilora.model import GPT, GPTConfig, base_params, param_shapes
+from minilora.model import GPT, base_params, param_shapes
 from minilora.optim import AdamW
 from minilora.pretrain import load_base
 from minilora.train import TrainConfig, loss_and_grads, train
 
-from helpers import lm_batch, randomize
+from helpers import TINY_LORA_BASE, adapted_model_and_base_logits, lm_batch, randomize, tiny_float64_base
 
-CFG = GPTConfig(vocab_size=13, block_size=8, n_layer=2, n_head=2, n_embd=16)
 VARIANTS = ["houlsby", "lin"]
-
-
-def base_model(seed=0, dtype=np.float64):
-    return GPT(CFG, seed=seed, dtype=dtype)
 
 
 def adapter_inputs(rng, B=2, T=3, C=6, m=4):
@@ -63,7 +58,7 @@ def test_adapter_is_the_identity_at_init(rng):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_adapter_model_equals_base_model_at_init(rng, variant):
     """W_up = 0, so the adapted model's logits equal the base model's exactly."""
-    base = base_model()
+    base = tiny_float64_base()
     idx = rng.integers(0, 13, (2, 7))
     before, _ = base.forward(idx)
     after, _ = AdapterModel(base, AdapterConfig(variant=variant, bottleneck=3)).forward(idx)
@@ -73,7 +68,7 @@ def test_adapter_model_equals_base_model_at_init(rng, variant):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_adapter_model_backward_matches_numerical_gradient(rng, variant):
     """Through the whole model, every adapter weight's gradient agrees with central differences."""
-    am = AdapterModel(base_model(), AdapterConfig(variant=variant, bottleneck=3))
+    am = AdapterModel(tiny_float64_base(), AdapterConfig(variant=variant, bottleneck=3))
     randomize(am, ".adapter_up.", rng)
     batch = lm_batch(rng)
     _, grads = loss_and_grads(am, batch)
@@ -88,7 +83,7 @@ def test_adapter_model_backward_matches_numerical_gradient(rng, variant):
 
 def test_only_the_up_projection_gets_gradient_at_init(rng):
     """At step 0 W_up = 0, so dW_down = 0 and db_down = 0 (as LoRA's dA at B = 0); W_up moves first."""
-    am = AdapterModel(base_model(), AdapterConfig(bottleneck=3))
+    am = AdapterModel(tiny_float64_base(), AdapterConfig(bottleneck=3))
     _, grads = loss_and_grads(am, lm_batch(rng))
     down = max(float(np.abs(g).max()) for k, g in grads.items() if ".adapter_down." in k)
     up = min(float(np.abs(g).max()) for k, g in grads.items() if ".adapter_up." in k)
@@ -98,7 +93,7 @@ def test_only_the_up_projection_gets_gradient_at_init(rng):
 
 def test_only_adapters_train_and_base_weights_stay_bit_identical(rng):
     """Five AdamW steps move the adapters, give optimizer state to them only and leave the base untouched."""
-    am = AdapterModel(base_model(), AdapterConfig(bottleneck=3))
+    am = AdapterModel(tiny_float64_base(), AdapterConfig(bottleneck=3))
     frozen = {k: v.copy() for k, v in am.params.items() if ".adapter_" not in k}
     opt = AdamW(lr=1e-2)
     for _ in range(5):
@@ -116,8 +111,8 @@ def test_only_adapters_train_and_base_weights_stay_bit_identical(rng):
 def test_trainable_count_matches_the_formula(variant, per_block):
     """houlsby: L * 2 * (2 C m + m + C) trainable parameters; lin: half of that."""
     cfg = AdapterConfig(variant=variant, bottleneck=5)
-    am = AdapterModel(base_model(), cfg)
-    L, C, m = CFG.n_layer, CFG.n_embd, 5
+    am = AdapterModel(tiny_float64_base(), cfg)
+    L, C, m = TINY_LORA_BASE.n_layer, TINY_LORA_BASE.n_embd, 5
     expected = L * per_block * (2 * C * m + m + C)
     got = am.num_params(trainable_only=True)
     assert got == expected == expected_trainable_count(cfg, L, C), f"expected {expected}, got {got}"
@@ -125,21 +120,21 @@ def test_trainable_count_matches_the_formula(variant, per_block):
 
 def test_adapter_parameters_are_named_per_layer_and_excluded_from_base_params():
     """Names are blocks.{i}.attn.wo.adapter_down.weight etc.; base_params drops them all."""
-    am = AdapterModel(base_model(), AdapterConfig(variant="houlsby", bottleneck=2))
+    am = AdapterModel(tiny_float64_base(), AdapterConfig(variant="houlsby", bottleneck=2))
     assert "blocks.1.attn.wo.adapter_down.weight" in am.params and "blocks.0.mlp.proj.adapter_up.bias" in am.params
     assert am.params["blocks.0.attn.wo.adapter_up.weight"].shape == (16, 2), "W_up must be stored (C, m)"
-    kept, plain = set(base_params(am.model)), set(param_shapes(CFG))
+    kept, plain = set(base_params(am.model)), set(param_shapes(TINY_LORA_BASE))
     assert kept == plain, f"expected the plain GPT's names, got these extra or missing: {sorted(kept ^ plain)[:4]}"
 
 
 def test_modules_to_save_trains_the_classification_head(rng):
     """modules_to_save=('head',) adds the head to the trainable set; an unknown module is an error."""
-    base = base_model()
+    base = tiny_float64_base()
     base.add_classification_head(3)
     am = AdapterModel(base, AdapterConfig(variant="lin", bottleneck=2, modules_to_save=("head",)))
     assert {"head.weight", "head.bias"} <= am.trainable, f"expected the head to train, got {sorted(am.trainable)[-3:]}"
     with pytest.raises(ValueError, match="matches no parameter"):
-        AdapterModel(base_model(), AdapterConfig(modules_to_save=("nothing",)))
+        AdapterModel(tiny_float64_base(), AdapterConfig(modules_to_save=("nothing",)))
 
 
 def test_bad_variant_or_bottleneck_is_a_clear_error():
@@ -153,14 +148,14 @@ def test_bad_variant_or_bottleneck_is_a_clear_error():
 
 def test_adapters_refuse_a_layer_that_another_hook_already_wraps():
     """A LoRA adapter on attn.wo and an AdapterH on the same layer would overwrite each other: refused."""
-    lm = LoraModel(base_model(), LoRAConfig(r=2, target_modules=["wo"]))
+    lm = LoraModel(tiny_float64_base(), LoRAConfig(r=2, target_modules=["wo"]))
     with pytest.raises(ValueError, match="already run through another hook"):
         AdapterModel(lm.model, AdapterConfig(variant="houlsby"))
 
 
 def test_training_an_unfrozen_wrapped_base_layer_is_refused(rng):
     """The hook computes no dW0; unfreezing attn.wo under an adapter raises instead of silently not training it."""
-    am = AdapterModel(base_model(), AdapterConfig(bottleneck=2))
+    am = AdapterModel(tiny_float64_base(), AdapterConfig(bottleneck=2))
     am.model.unfreeze(["blocks.0.attn.wo.weight"])
     with pytest.raises(RuntimeError, match="stay frozen"):
         loss_and_grads(am, lm_batch(rng))
@@ -168,15 +163,12 @@ def test_training_an_unfrozen_wrapped_base_layer_is_refused(rng):
 
 def test_unload_returns_the_plain_base_model(rng):
     """unload removes adapter weights and hooks: the model then computes the base logits again."""
-    base = base_model()
-    idx = rng.integers(0, 13, (2, 5))
-    before, _ = base.forward(idx)
-    am = AdapterModel(base, AdapterConfig(bottleneck=2))
-    randomize(am, ".adapter_up.", rng)
+    am, idx, before = adapted_model_and_base_logits(lambda base: AdapterModel(base, AdapterConfig(bottleneck=2)),
+                                                    ".adapter_up.", rng, T=5)
     assert not np.allclose(am.forward(idx)[0], before), "expected random adapters to change the logits"
     plain = am.unload()
     after, _ = plain.forward(idx)
-    assert not plain.linear_hooks and set(plain.params) == set(param_shapes(CFG)) and not plain.trainable
+    assert not plain.linear_hooks and set(plain.params) == set(param_shapes(TINY_LORA_BASE)) and not plain.trainable
     assert np.array_equal(after, before), f"expected the base logits, max diff {np.abs(after - before).max():.2e}"
 
 
@@ -202,7 +194,7 @@ def test_adapter_model_on_cupy_matches_numpy(rng):
     try:
         for name in ("numpy", "cupy"):
             backend.set_backend(name)
-            am = AdapterModel(GPT(CFG, seed=0), AdapterConfig(bottleneck=4))
+            am = AdapterModel(GPT(TINY_LORA_BASE, seed=0), AdapterConfig(bottleneck=4))
             for k, v in am.params.items():
                 if ".adapter_up." in k:
                     v[...] = backend.asarray(0.1 * np.random.default_rng(1).standard_normal(v.shape), dtype=v.dtype)

@@ -10,7 +10,7 @@ from minilora.model import GPT
 from minilora.optim import AdamW
 from minilora.train import loss_and_grads
 
-from helpers import TINY_LORA_BASE, lm_batch, randomize, tiny_float64_base
+from helpers import TINY_LORA_BASE, adapted_model_and_base_logits, lm_batch, randomize, tiny_float64_base
 
 
 def random_base(seed=0):
@@ -131,11 +131,7 @@ def test_merge_and_unload_gives_a_plain_model_with_the_same_outputs(rng):
 
 def test_disable_adapter_gives_the_base_logits_exactly(rng):
     """Inside disable_adapter() the model is the base model, bit for bit; after it, the adapter is back."""
-    base = tiny_float64_base()
-    idx = rng.integers(0, 13, (2, 6))
-    reference, _ = base.forward(idx)
-    lm = LoraModel(base, LoRAConfig(r=2))
-    randomize(lm, ".lora_B.", rng)
+    lm, idx, reference = adapted_model_and_base_logits(lambda base: LoraModel(base, LoRAConfig(r=2)), ".lora_B.", rng)
     adapted, _ = lm.forward(idx)
     with lm.disable_adapter():
         assert np.array_equal(lm.forward(idx)[0], reference)
