@@ -16,7 +16,7 @@ merged LoRA adds none. This script builds the same comparison on minilora's GPT:
   AdapterL       one adapter per block, after mlp.proj
   (bottleneck m of each adapter variant: the m whose trainable count is nearest LoRA's)
 
-The model has the shipped base's width and depth (minilora.pretrain.base_config: C = 128, L = 4,
+The model has the shipped base's width and depth (minilora.experiments.pretrain.base_config: C = 128, L = 4,
 NH = 4, V = 56) but block_size 64 and random weights: latency does not depend on what the
 weights are. Shapes B x T default to 32x64, 16x64, 1x16. Every repeat times each variant once,
 in a rotated order, so slow spells of a busy machine hit all variants alike; the overhead of a
@@ -37,12 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # common
 import numpy as np  # noqa: E402
 
 import common  # noqa: E402
-from minilora import backend  # noqa: E402
-from minilora.adapters import AdapterConfig, AdapterModel, expected_trainable_count  # noqa: E402
-from minilora.lora import LoRAConfig  # noqa: E402
-from minilora.lora_model import LoraModel  # noqa: E402
-from minilora.model import GPT, GPTConfig, init_params  # noqa: E402
-from minilora.pretrain import base_config  # noqa: E402
+from minilora.nn import backend  # noqa: E402
+from minilora.adapters.bottleneck import AdapterConfig, AdapterModel, expected_trainable_count  # noqa: E402
+from minilora.adapters.lora import LoraConfig  # noqa: E402
+from minilora.adapters.lora_model import LoraModel  # noqa: E402
+from minilora.nn.model import GPT, GPTConfig, init_params  # noqa: E402
+from minilora.experiments.pretrain import base_config  # noqa: E402
 
 # Shapes: B batch, T time, C channels, L layers, m adapter bottleneck, r LoRA rank.
 SHAPES = ((32, 64), (16, 64), (1, 16))
@@ -107,7 +107,7 @@ def build_variants(config: GPTConfig, *, seed: int = 0) -> tuple[dict, dict]:
             if part in k:
                 v[...] = backend.asarray(0.02 * rng.standard_normal(v.shape), dtype=v.dtype)
 
-    lora_cfg = LoRAConfig(r=LORA_R, lora_alpha=LORA_R, target_modules=LORA_TARGETS)
+    lora_cfg = LoraConfig(r=LORA_R, lora_alpha=LORA_R, target_modules=LORA_TARGETS)
     merged, unmerged = LoraModel(fresh(), lora_cfg), LoraModel(fresh(), lora_cfg)
     randomize(unmerged, ".lora_B.")
     for k in unmerged.params:                      # both LoRA models carry the same adapter

@@ -9,7 +9,7 @@
 A step is: forward, masked cross-entropy over every position, backward, AdamW step, all
 parameters trainable (in the LoRA rows: only the adapters). minilora is timed on one thread
 (BLAS still uses every core for matrix products) and with the batch shared by several worker
-threads (``minilora.step``: data parallelism, one single-threaded BLAS per worker; by default
+threads (``minilora.experiments.step``: data parallelism, one single-threaded BLAS per worker; by default
 one worker per core). Tokens are random: speed does not depend
 on what the tokens say. Each measurement runs in a fresh child process, so its peak-memory
 growth is its own and one framework's thread pools cannot slow the other.
@@ -40,12 +40,12 @@ import numpy as np  # noqa: E402
 
 import common  # noqa: E402
 from bench_latency import interleaved_times  # noqa: E402
-from minilora import backend  # noqa: E402
-from minilora.lora import LoRAConfig  # noqa: E402
-from minilora.lora_model import LoraModel  # noqa: E402
-from minilora.model import GPT, GPTConfig, init_params  # noqa: E402
-from minilora.optim import AdamW  # noqa: E402
-from minilora.train import loss_and_grads, to_backend  # noqa: E402
+from minilora.nn import backend  # noqa: E402
+from minilora.adapters.lora import LoraConfig  # noqa: E402
+from minilora.adapters.lora_model import LoraModel  # noqa: E402
+from minilora.nn.model import GPT, GPTConfig, init_params  # noqa: E402
+from minilora.nn.optim import AdamW  # noqa: E402
+from minilora.experiments.train import loss_and_grads, to_backend  # noqa: E402
 
 # Shapes: B batch, T time, C = n_embd, V vocabulary, L layers, NH heads.
 CONFIGS = {
@@ -74,7 +74,7 @@ def random_batch(config: GPTConfig, B: int, T: int, seed: int) -> dict:
 
 def attach_lora(model: GPT) -> LoraModel:
     """The model with LoRA r = 8 on wq and wv (Hu et al. 2021, §4.2), base frozen."""
-    return LoraModel(model, LoRAConfig(r=LORA_R, target_modules=LORA_TARGETS))
+    return LoraModel(model, LoraConfig(r=LORA_R, target_modules=LORA_TARGETS))
 
 
 def matmul_probe(config: GPTConfig, B: int, T: int, xp=np, sync=None) -> dict:

@@ -79,7 +79,7 @@ for name in ("numpy", "cupy", "safetensors", "tqdm", "matplotlib", "threadpoolct
         print(f"{name} {getattr(mod, '__version__', '?')} from {getattr(mod, '__file__', '?')}")
     except Exception as err:
         print(f"{name}: not importable ({type(err).__name__}: {err})")
-from minilora import backend
+from minilora.nn import backend
 print("minilora sees a CUDA GPU through CuPy:", backend.cupy_available())
 if backend.cupy_available():
     import cupy

@@ -1,6 +1,6 @@
 """minilora's GPT written again in plain PyTorch: the reference for tests and the benchmark.
 
-The same model as ``minilora.model.GPT`` (GPT-2, Radford et al. 2019): learned token and position
+The same model as ``minilora.nn.model.GPT`` (GPT-2, Radford et al. 2019): learned token and position
 embeddings, pre-LN blocks (LayerNorm with the config's eps, causal multi-head attention with
 separate Wq, Wk, Wv, Wo and biases, scale 1/sqrt(HS), a 4C MLP with tanh-GELU), a final
 LayerNorm, and an LM head tied to the token embedding.
@@ -133,7 +133,7 @@ def _host(a) -> np.ndarray:
 
 
 def masked_cross_entropy(logits, targets, mask=None):
-    """Mean next-token loss over the positions where mask is 1, as minilora.layers computes it.
+    """Mean next-token loss over the positions where mask is 1, as minilora.nn.layers computes it.
 
     logits (B, T, V), targets (B, T) int64, mask (B, T) or None -> scalar tensor.
     """

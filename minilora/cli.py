@@ -23,7 +23,7 @@ def _add_pretrain(sub):
 
 
 def _pretrain(args):
-    from minilora.pretrain import PretrainConfig, pretrain
+    from minilora.experiments.pretrain import PretrainConfig, pretrain
 
     cfg = PretrainConfig(seed=args.seed)
     if args.steps:
@@ -53,15 +53,15 @@ def _add_finetune(sub):
 
 
 def _finetune(args):
-    from minilora.tasks import get_task
-    from minilora.finetune import default_train_config, finetune
-    from minilora.lora import LoRAConfig
-    from minilora.model import save_model
-    from minilora.pretrain import load_base
+    from minilora.data.tasks import get_task
+    from minilora.experiments.finetune import default_train_config, finetune
+    from minilora.adapters.lora import LoraConfig
+    from minilora.nn.model import save_model
+    from minilora.experiments.pretrain import load_base
 
     base = load_base(args.base)[0]
     kind = "generation" if args.text else get_task(args.task).kind
-    lora = LoRAConfig(r=args.r, lora_alpha=args.alpha or 2 * args.r, target_modules=tuple(args.targets.split(",")),
+    lora = LoraConfig(r=args.r, lora_alpha=args.alpha or 2 * args.r, target_modules=tuple(args.targets.split(",")),
                       modules_to_save=("head",) if kind == "classification" else ())
     tc = default_train_config(args.method)
     tc.steps = args.steps or tc.steps
@@ -88,9 +88,9 @@ def _add_merge(sub):
 
 def _merge(args):
     from minilora import io
-    from minilora.lora_model import LoraModel
-    from minilora.model import save_model
-    from minilora.pretrain import load_base
+    from minilora.adapters.lora_model import LoraModel
+    from minilora.nn.model import save_model
+    from minilora.experiments.pretrain import load_base
 
     base, tok = load_base(args.base)
     meta = io.read_json(Path(args.adapter) / "adapter_config.json")
@@ -113,7 +113,7 @@ def _add_demo(sub):
 
 
 def _demo(args):
-    from minilora.demo import run_demo
+    from minilora.experiments.demo import run_demo
 
     run_demo(args.out, steps=args.steps, progress=not args.quiet)
 
@@ -128,7 +128,7 @@ def _add_analyze(sub):
 
 def _analyze(args):
     try:
-        from minilora.report import run_analysis
+        from minilora.experiments.report import run_analysis
     except ImportError:
         sys.exit("minilora analyze is not available in this version")
     run_analysis(args.out, task=args.task, quick=args.quick)
@@ -142,7 +142,7 @@ def _add_exercises(sub):
 
 
 def _exercises(args):
-    from minilora.grading import exercises_main
+    from minilora.classroom.grading import exercises_main
 
     sys.exit(exercises_main(args.rest))
 
@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["exercises"]:              # its own parser, so `minilora exercises --help` works
-        from minilora.grading import exercises_main
+        from minilora.classroom.grading import exercises_main
 
         return exercises_main(argv[1:])
     parser = build_parser()

@@ -27,7 +27,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from minilora.backend import to_numpy
+from minilora.nn.backend import to_numpy
 
 
 class CheckpointError(ValueError):

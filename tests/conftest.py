@@ -6,7 +6,7 @@ matplotlib.use("Agg")  # tests never open windows
 import numpy as np
 import pytest
 
-from minilora import backend
+from minilora.nn import backend
 
 from helpers import SWEEP_C, SWEEP_L, tiny_lab, tiny_task_base
 
@@ -43,12 +43,12 @@ def lab(tiny_base):
 # --------------------------------------------------------------------------- exercise steps
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects, so ``pytest -m step01`` sees the marks
 def pytest_collection_modifyitems(config, items):
-    """Mark each spec test with the exercise steps it grades, read from minilora.exercises.STEPS.
+    """Mark each spec test with the exercise steps it grades, read from minilora.classroom.exercises.STEPS.
 
     The test files carry no step markers: the table is the one place that says which tests grade
     which step, and ``pytest -m step01`` runs exactly the tests of step 1.
     """
-    from minilora.exercises import steps_for_test
+    from minilora.classroom.exercises import steps_for_test
 
     for item in items:
         try:

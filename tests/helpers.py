@@ -1,9 +1,9 @@
 """Small builders shared by the spec tests (not tests themselves)."""
 import numpy as np
 
-from minilora import sweeps
-from minilora.tasks import default_tokenizer
-from minilora.model import GPT, GPTConfig
+from minilora.experiments import sweeps
+from minilora.data.tasks import default_tokenizer
+from minilora.nn.model import GPT, GPTConfig
 
 # The base model of the LoRA specs: small enough for central differences on every parameter.
 TINY_LORA_BASE = GPTConfig(vocab_size=13, block_size=8, n_layer=2, n_head=2, n_embd=16)

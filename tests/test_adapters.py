@@ -4,18 +4,18 @@ import math
 import numpy as np
 import pytest
 
-from minilora import backend
-from minilora.adapters import (AdapterConfig, AdapterModel, adapter_backward, adapter_forward,
+from minilora.nn import backend
+from minilora.adapters.bottleneck import (AdapterConfig, AdapterModel, adapter_backward, adapter_forward,
                                expected_trainable_count, init_adapter)
-from minilora.data import make_dataset
-from minilora.gradcheck import check_gradient, check_layer
-from minilora.layers import cross_entropy_forward
-from minilora.lora import LoRAConfig
-from minilora.lora_model import LoraModel
-from minilora.model import GPT, base_params, param_shapes
-from minilora.optim import AdamW
-from minilora.pretrain import load_base
-from minilora.train import TrainConfig, loss_and_grads, train
+from minilora.data.datasets import make_dataset
+from minilora.nn.gradcheck import check_gradient, check_layer
+from minilora.nn.layers import cross_entropy_forward
+from minilora.adapters.lora import LoraConfig
+from minilora.adapters.lora_model import LoraModel
+from minilora.nn.model import GPT, base_params, param_shapes
+from minilora.nn.optim import AdamW
+from minilora.experiments.pretrain import load_base
+from minilora.experiments.train import TrainConfig, loss_and_grads, train
 
 from helpers import TINY_LORA_BASE, adapted_model_and_base_logits, lm_batch, randomize, tiny_float64_base
 
@@ -148,7 +148,7 @@ def test_bad_variant_or_bottleneck_is_a_clear_error():
 
 def test_adapters_refuse_a_layer_that_another_hook_already_wraps():
     """A LoRA adapter on attn.wo and an AdapterH on the same layer would overwrite each other: refused."""
-    lm = LoraModel(tiny_float64_base(), LoRAConfig(r=2, target_modules=["wo"]))
+    lm = LoraModel(tiny_float64_base(), LoraConfig(r=2, target_modules=["wo"]))
     with pytest.raises(ValueError, match="already run through another hook"):
         AdapterModel(lm.model, AdapterConfig(variant="houlsby"))
 
@@ -173,7 +173,7 @@ def test_unload_returns_the_plain_base_model(rng):
 
 
 def test_train_loop_adapts_the_shipped_base_to_a_new_task():
-    """minilora.train.train runs an AdapterModel: 15 steps on rotate take the loss below 75% of the start."""
+    """minilora.experiments.train.train runs an AdapterModel: 15 steps on rotate take the loss below 75% of the start."""
     base, _ = load_base()
     am = AdapterModel(base, AdapterConfig(variant="houlsby", bottleneck=8))
     data = make_dataset("rotate", 200, seed=0, block_size=base.config.block_size)

@@ -1,18 +1,18 @@
-"""Rank analyses on matrices whose answers are known in closed form (minilora.analysis).
+"""Rank analyses on matrices whose answers are known in closed form (minilora.experiments.analysis).
 
-Tests whose names contain "subspace_similarity" grade exercise step 9 (minilora.exercises.STEPS):
+Tests whose names contain "subspace_similarity" grade exercise step 9 (minilora.classroom.exercises.STEPS):
 each of them calls ``subspace_similarity`` and fails while it is a stub. The input checks sit
 outside the exercise region, so the tests of the error messages are named without it.
 """
 import numpy as np
 import pytest
 
-from minilora.analysis import (amplification, effective_rank, energy_rank, lora_delta, lora_factors,
+from minilora.experiments.analysis import (amplification, effective_rank, energy_rank, lora_delta, lora_factors,
                                random_baseline, right_singular_basis, spectrum, subspace_similarity,
                                subspace_similarity_grid)
-from minilora.lora import LoRAConfig
-from minilora.lora_model import LoraModel
-from minilora.model import GPT, GPTConfig
+from minilora.adapters.lora import LoraConfig
+from minilora.adapters.lora_model import LoraModel
+from minilora.nn.model import GPT, GPTConfig
 
 
 def orthonormal(rng, n, k):
@@ -258,7 +258,7 @@ def test_spectrum_measures_reject_bad_input():
 def test_lora_delta_is_scale_times_B_A_of_the_named_module():
     """lora_delta = (alpha / r) B A for the adapter's own A and B, and errors name what exists."""
     gpt = GPT(GPTConfig(vocab_size=11, block_size=6, n_layer=2, n_head=2, n_embd=8), seed=0)
-    lm = LoraModel(gpt, LoRAConfig(r=2, lora_alpha=6, target_modules=("wq",)))
+    lm = LoraModel(gpt, LoraConfig(r=2, lora_alpha=6, target_modules=("wq",)))
     gen = np.random.default_rng(0)
     lm.params["blocks.1.attn.wq.lora_B.default"][...] = gen.standard_normal((8, 2))
     A, B_, s = lora_factors(lm, "blocks.1.attn.wq")

@@ -1,8 +1,8 @@
 """Specification of causal multi-head attention."""
 import numpy as np
 
-from minilora.attention import attention_backward, attention_forward, merge_heads, split_heads
-from minilora.gradcheck import check_layer
+from minilora.nn.attention import attention_backward, attention_forward, merge_heads, split_heads
+from minilora.nn.gradcheck import check_layer
 
 
 def test_attention_backward_matches_numerical_gradient(rng):

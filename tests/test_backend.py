@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from minilora import backend
-from minilora.backend import xp
+from minilora.nn import backend
+from minilora.nn.backend import xp
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "minilora"
 needs_gpu = pytest.mark.skipif(not backend.cupy_available(), reason="needs CuPy and a CUDA GPU")
@@ -39,7 +39,7 @@ def test_asking_for_cupy_without_a_gpu_is_a_clear_error():
 def test_environment_variable_asking_for_cupy_fails_clearly_at_import():
     """MINILORA_BACKEND=cupy on a machine without a GPU stops at import with the same clear message."""
     env = dict(os.environ, MINILORA_BACKEND="cupy")
-    proc = subprocess.run([sys.executable, "-c", "import minilora.model"], env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", "import minilora.nn.model"], env=env, capture_output=True, text=True)
     assert proc.returncode != 0 and "CuPy is not installed or sees no CUDA GPU" in proc.stderr
 
 
@@ -59,7 +59,7 @@ def test_no_module_uses_pickle():
 
 def test_float64_default_dtype_reaches_new_parameters():
     """set_default_dtype(float64) makes new models float64 (for gradient checks)."""
-    from minilora.model import GPT, GPTConfig
+    from minilora.nn.model import GPT, GPTConfig
 
     backend.set_default_dtype(np.float64)
     assert GPT(GPTConfig(vocab_size=5, block_size=4, n_layer=1, n_head=1, n_embd=4)).dtype == np.float64
@@ -75,10 +75,10 @@ def test_seeded_generator_gives_the_same_numbers_twice():
 @needs_gpu
 def test_cupy_forward_and_backward_match_numpy():
     """The same model on CuPy gives NumPy's logits and gradients at float32 tolerance."""
-    from minilora.lora import LoRAConfig
-    from minilora.lora_model import LoraModel
-    from minilora.model import GPT, GPTConfig
-    from minilora.train import loss_and_grads
+    from minilora.adapters.lora import LoraConfig
+    from minilora.adapters.lora_model import LoraModel
+    from minilora.nn.model import GPT, GPTConfig
+    from minilora.experiments.train import loss_and_grads
 
     cfg = GPTConfig(vocab_size=32, block_size=16, n_layer=2, n_head=2, n_embd=32)
     rng = np.random.default_rng(0)
@@ -86,7 +86,7 @@ def test_cupy_forward_and_backward_match_numpy():
     results = {}
     for name in ("numpy", "cupy"):
         backend.set_backend(name)
-        lm = LoraModel(GPT(cfg, seed=0), LoRAConfig(r=4, target_modules=["wq", "wv", "fc"]))
+        lm = LoraModel(GPT(cfg, seed=0), LoraConfig(r=4, target_modules=["wq", "wv", "fc"]))
         for k in lm.params:
             if ".lora_B." in k:
                 lm.params[k][...] = backend.asarray(0.05 * np.random.default_rng(1).standard_normal(lm.params[k].shape))

@@ -4,9 +4,9 @@ import pytest
 
 from minilora import io
 from minilora.cli import main
-from minilora.lora_model import LoraModel
-from minilora.model import load_model
-from minilora.pretrain import load_base
+from minilora.adapters.lora_model import LoraModel
+from minilora.nn.model import load_model
+from minilora.experiments.pretrain import load_base
 
 
 def test_help_lists_every_subcommand(capsys):

@@ -1,4 +1,4 @@
-"""Properties of minilora.data: datasets of the shipped tasks, splits, batching and text files.
+"""Properties of minilora.data.datasets: datasets of the shipped tasks, splits, batching and text files.
 
 Every expected value is recomputed here from the task's definition, not by calling the code
 under test.
@@ -9,9 +9,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from minilora.data import (ClassificationData, TaskData, TextData, iterate_batches, make_dataset, make_mixture,
+from minilora.data.datasets import (ClassificationData, TaskData, TextData, iterate_batches, make_dataset, make_mixture,
                            make_splits)
-from minilora.tasks import PRETRAIN_TASKS, TASKS, default_tokenizer, get_task
+from minilora.data.tasks import PRETRAIN_TASKS, TASKS, default_tokenizer, get_task
 
 TOK = default_tokenizer()
 GENERATION = [name for name, t in TASKS.items() if t.kind == "generation"]

@@ -1,7 +1,7 @@
 """Specification of the demo, the project's main job (a few steps per run, so it is quick)."""
 import pytest
 
-from minilora.demo import run_demo
+from minilora.experiments.demo import run_demo
 
 
 @pytest.mark.slow

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from minilora.exercises import (BEGIN, END, STEPS, SolutionMarkerError, check_table, find_regions,
+from minilora.classroom.exercises import (BEGIN, END, STEPS, SolutionMarkerError, check_table, find_regions,
                                 get_step, make_student_workspace, replace_regions, restore_solution,
                                 step_tests, steps_for_test)
-from minilora.grading import exercises_main, grade, grading_env
+from minilora.classroom.grading import exercises_main, grade, grading_env
 
 REPO = Path(__file__).resolve().parent.parent
 AVAILABLE = [s for s in STEPS if s.missing(REPO) is None]
@@ -136,10 +136,11 @@ def test_steps_for_test_matches_by_file_and_name_ignoring_parameters():
 def fake_source(root: Path, region_function="linear_backward") -> Path:
     """A tiny project: one marked function, a binary checkpoint, a notebook, a teacher-only test."""
     (root / "minilora/checkpoints/base").mkdir(parents=True)
+    (root / "minilora/nn").mkdir()
     (root / "tests").mkdir()
     (root / "exercises").mkdir()
     (root / "minilora/__init__.py").write_text("")
-    (root / "minilora/layers.py").write_text(code(f"def {region_function}(dy, cache):",
+    (root / "minilora/nn/layers.py").write_text(code(f"def {region_function}(dy, cache):",
                                                   "    x, W = cache", "    <B>", "    dx = dy @ W",
                                                   "    <E>", "    return dx"))
     (root / "minilora/checkpoints/base/model.safetensors").write_bytes(bytes(range(256)) * 3)
@@ -160,7 +161,7 @@ def test_workspace_has_stubs_binary_checkpoints_and_stubbed_notebooks(tmp_path):
     out = make_student_workspace(tmp_path / "ws", source_dir=src)
     ckpt = "minilora/checkpoints/base/model.safetensors"
     assert (out / ckpt).read_bytes() == (src / ckpt).read_bytes()
-    assert (out / "minilora/layers.py").read_text() == code(
+    assert (out / "minilora/nn/layers.py").read_text() == code(
         "def linear_backward(dy, cache):", "    x, W = cache",
         '    raise NotImplementedError("Step 1: linear_backward")', "    return dx")
     cell = json.loads((out / "exercises/02_layernorm.ipynb").read_text())["cells"][0]
@@ -174,7 +175,7 @@ def test_workspace_has_stubs_binary_checkpoints_and_stubbed_notebooks(tmp_path):
 def test_region_without_a_step_row_is_refused_before_writing(tmp_path):
     """A marked function missing from STEPS is an error naming file and line; nothing is written."""
     src = fake_source(tmp_path / "src", region_function="not_a_step")
-    with pytest.raises(SolutionMarkerError, match=r"minilora/layers\.py:3: .*not_a_step\(\) has no row"):
+    with pytest.raises(SolutionMarkerError, match=r"minilora/nn/layers\.py:3: .*not_a_step\(\) has no row"):
         make_student_workspace(tmp_path / "ws", source_dir=src)
     assert not (tmp_path / "ws").exists()
 
@@ -191,7 +192,7 @@ def test_make_refuses_a_non_empty_directory_unless_forced(tmp_path):
     assert exercises_main(["make", "--out", str(out)]) == 2
     make_student_workspace(out, source_dir=src, force=True)
     assert (out / ".venv").is_dir() and not (out / "minilora/old.py").exists()
-    assert (out / "minilora/layers.py").is_file()
+    assert (out / "minilora/nn/layers.py").is_file()
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,13 @@
 import numpy as np
 import pytest
 
-from minilora.data import make_dataset
-from minilora.finetune import finetune, prepare
-from minilora.lora import LoRAConfig
-from minilora.lora_model import LoraModel
-from minilora.model import GPT
-from minilora.pretrain import base_config
-from minilora.train import TrainConfig
+from minilora.data.datasets import make_dataset
+from minilora.experiments.finetune import finetune, prepare
+from minilora.adapters.lora import LoraConfig
+from minilora.adapters.lora_model import LoraModel
+from minilora.nn.model import GPT
+from minilora.experiments.pretrain import base_config
+from minilora.experiments.train import TrainConfig
 
 BASE = base_config()          # the shipped base's shape: 4 blocks, d = 128 (weights random here)
 
@@ -22,7 +22,7 @@ def costs():
     """One LoRA and one full run of two steps each on the same small base."""
     base = GPT(BASE, seed=0)
     base.freeze()
-    lora = finetune("shift", "lora", base=base, lora_config=LoRAConfig(r=4, target_modules=["wq", "wv"]),
+    lora = finetune("shift", "lora", base=base, lora_config=LoraConfig(r=4, target_modules=["wq", "wv"]),
                     train_config=short(), n_train=64, n_test=16, progress=False)
     full = finetune("shift", "full", base=base, train_config=short(), n_train=64, n_test=16, progress=False)
     return base, lora, full
@@ -66,7 +66,7 @@ def test_classification_without_head_in_modules_to_save_is_an_error():
     """A LoRA config for a classification task must save the new head, or it would never train."""
     data = make_dataset("palindrome", 8, seed=0, block_size=24)
     with pytest.raises(ValueError, match="modules_to_save"):
-        prepare(GPT(BASE), "lora", data, LoRAConfig(r=2))
+        prepare(GPT(BASE), "lora", data, LoraConfig(r=2))
 
 
 def test_unknown_method_is_an_error():

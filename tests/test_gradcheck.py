@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from minilora.gradcheck import check_gradient, check_layer, numerical_gradient, rel_error
+from minilora.nn.gradcheck import check_gradient, check_layer, numerical_gradient, rel_error
 
 
 def test_rel_error_is_zero_for_identical_and_one_for_opposite_tensors():

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from minilora.gradcheck import check_layer
-from minilora.layers import (cross_entropy_backward, cross_entropy_forward, embedding_backward,
+from minilora.nn.gradcheck import check_layer
+from minilora.nn.layers import (cross_entropy_backward, cross_entropy_forward, embedding_backward,
                              embedding_forward, gelu_backward, gelu_forward, layernorm_backward,
                              layernorm_forward, linear_backward, linear_forward, log_softmax, mean_last,
                              sum_last)

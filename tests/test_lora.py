@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 
-from minilora.gradcheck import check_layer
-from minilora.layers import linear_forward
-from minilora.lora import (LoRAConfig, expected_trainable_count, init_lora_pair, lora_backward, lora_forward,
+from minilora.nn.gradcheck import check_layer
+from minilora.nn.layers import linear_forward
+from minilora.adapters.lora import (LoraConfig, expected_trainable_count, init_lora_pair, lora_backward, lora_forward,
                            lora_param_count, merge_weights, unmerge_weights)
-from minilora.lora_model import LoraModel
+from minilora.adapters.lora_model import LoraModel
 
 from helpers import tiny_float64_base
 
@@ -80,8 +80,8 @@ def test_peft_gaussian_init_has_std_one_over_r():
 
 def test_adapters_of_different_rank_start_from_unrelated_A():
     """An r = 2 A is not the first rows of an r = 8 A: subspace comparisons start at chance, not at 1."""
-    small = LoraModel(tiny_float64_base(), LoRAConfig(r=2)).params["blocks.0.attn.wq.lora_A.default"]
-    large = LoraModel(tiny_float64_base(), LoRAConfig(r=8)).params["blocks.0.attn.wq.lora_A.default"]
+    small = LoraModel(tiny_float64_base(), LoraConfig(r=2)).params["blocks.0.attn.wq.lora_A.default"]
+    large = LoraModel(tiny_float64_base(), LoraConfig(r=8)).params["blocks.0.attn.wq.lora_A.default"]
     assert not np.allclose(small, large[:2])
 
 
@@ -105,30 +105,30 @@ def test_merge_then_unmerge_restores_w0_up_to_float32_rounding(rng):
 def test_unknown_target_module_error_lists_valid_names():
     """A typo in target_modules is refused and the message lists what is valid."""
     with pytest.raises(ValueError, match=r"unknown target_modules \['q_proj'\].*wq"):
-        LoraModel(tiny_float64_base(), LoRAConfig(target_modules=["q_proj"]))
+        LoraModel(tiny_float64_base(), LoraConfig(target_modules=["q_proj"]))
 
 
 def test_rank_out_of_range_is_a_clear_error():
     """r > min(d_out, d_in) is refused, naming the module and the bound."""
     with pytest.raises(ValueError, match=r"rank r = 17 is out of range .* min\(d_out, d_in\) = 16"):
-        LoraModel(tiny_float64_base(), LoRAConfig(r=17))
+        LoraModel(tiny_float64_base(), LoraConfig(r=17))
 
 
 def test_pattern_that_matches_nothing_is_an_error():
     """A rank_pattern key naming a module that is not adapted is refused."""
     with pytest.raises(ValueError, match="matches no adapted module"):
-        LoraModel(tiny_float64_base(), LoRAConfig(target_modules=["wq"], rank_pattern={"wv": 2}))
+        LoraModel(tiny_float64_base(), LoraConfig(target_modules=["wq"], rank_pattern={"wv": 2}))
 
 
 def test_layers_out_of_range_is_an_error():
     """layers_to_transform must name existing blocks."""
     with pytest.raises(ValueError, match="out of range"):
-        LoraModel(tiny_float64_base(), LoRAConfig(layers_to_transform=[5]))
+        LoraModel(tiny_float64_base(), LoraConfig(layers_to_transform=[5]))
 
 
 def test_rank_and_alpha_patterns_set_per_module_rank_and_scale():
     """rank_pattern/alpha_pattern override r and alpha for matching modules only."""
-    lm = LoraModel(tiny_float64_base(), LoRAConfig(r=4, lora_alpha=8, target_modules=["wq", "wv"],
+    lm = LoraModel(tiny_float64_base(), LoraConfig(r=4, lora_alpha=8, target_modules=["wq", "wv"],
                                             rank_pattern={"wv": 2}, alpha_pattern={"blocks.1.attn.wq": 2}))
     mods = lm.modules["default"]
     assert mods["blocks.0.attn.wv"] == (2, 4.0) and mods["blocks.0.attn.wq"] == (4, 2.0)
@@ -138,14 +138,14 @@ def test_rank_and_alpha_patterns_set_per_module_rank_and_scale():
 
 def test_trainable_count_is_2_Lhat_d_r():
     """|Theta| = 2 x L_hat x d_model x r for attention targets (§7.1)."""
-    config = LoRAConfig(r=4, target_modules=["wq", "wk", "wv", "wo"])
+    config = LoraConfig(r=4, target_modules=["wq", "wk", "wv", "wo"])
     lm = LoraModel(tiny_float64_base(), config)
     assert lm.num_params(trainable_only=True) == 2 * 8 * 16 * 4 == expected_trainable_count(config, 2, 16)
 
 
 def test_trainable_count_is_r_times_d_in_plus_d_out_for_any_target():
     """For MLP targets (non-square) each matrix adds r (d_in + d_out): fc (64, 16) and proj (16, 64)."""
-    config = LoRAConfig(r=3, target_modules=["fc", "proj"])
+    config = LoraConfig(r=3, target_modules=["fc", "proj"])
     lm = LoraModel(tiny_float64_base(), config)
     assert lm.num_params(trainable_only=True) == lora_param_count(lm.model, config) == 2 * 2 * 3 * (16 + 64)
     with pytest.raises(ValueError, match="square attention targets"):
@@ -154,11 +154,11 @@ def test_trainable_count_is_r_times_d_in_plus_d_out_for_any_target():
 
 def test_everything_but_the_adapter_is_frozen():
     """Only lora_A and lora_B names are trainable; all base weights are frozen."""
-    lm = LoraModel(tiny_float64_base(), LoRAConfig(target_modules=["wq", "fc"]))
+    lm = LoraModel(tiny_float64_base(), LoraConfig(target_modules=["wq", "fc"]))
     assert lm.trainable and all(".lora_A." in k or ".lora_B." in k for k in lm.trainable)
 
 
 def test_bias_all_trains_every_linear_bias():
     """bias='all' adds the biases of every linear layer to the trainable set."""
-    lm = LoraModel(tiny_float64_base(), LoRAConfig(target_modules=["wq"], bias="all"))
+    lm = LoraModel(tiny_float64_base(), LoraConfig(target_modules=["wq"], bias="all"))
     assert "blocks.1.mlp.proj.bias" in lm.trainable and "blocks.1.mlp.proj.weight" not in lm.trainable

@@ -3,12 +3,12 @@ import numpy as np
 import pytest
 
 from minilora import io
-from minilora.layers import cross_entropy_forward
-from minilora.lora import LoRAConfig
-from minilora.lora_model import LoraModel
-from minilora.model import GPT
-from minilora.optim import AdamW
-from minilora.train import loss_and_grads
+from minilora.nn.layers import cross_entropy_forward
+from minilora.adapters.lora import LoraConfig
+from minilora.adapters.lora_model import LoraModel
+from minilora.nn.model import GPT
+from minilora.nn.optim import AdamW
+from minilora.experiments.train import loss_and_grads
 
 from helpers import TINY_LORA_BASE, adapted_model_and_base_logits, lm_batch, randomize, tiny_float64_base
 
@@ -29,18 +29,18 @@ def test_lora_model_equals_base_model_at_init(rng):
     base = tiny_float64_base()
     idx = rng.integers(0, 13, (2, 7))
     before, _ = base.forward(idx)
-    lm = LoraModel(base, LoRAConfig(r=4, target_modules=["wq", "wk", "wv", "wo", "fc", "proj"]))
+    lm = LoraModel(base, LoraConfig(r=4, target_modules=["wq", "wk", "wv", "wo", "fc", "proj"]))
     after, _ = lm.forward(idx)
     assert np.array_equal(before, after)
 
 
 def test_lora_model_backward_matches_numerical_gradient(rng):
     """Through the whole model, dA and dB of every adapter and the head agree with central differences."""
-    lm = LoraModel(random_base(), LoRAConfig(r=2, target_modules=["wq", "wv", "fc"], bias="lora_only"))
+    lm = LoraModel(random_base(), LoraConfig(r=2, target_modules=["wq", "wv", "fc"], bias="lora_only"))
     randomize(lm, ".lora_B.", rng)
     batch = lm_batch(rng)
     _, grads = loss_and_grads(lm, batch)
-    from minilora.gradcheck import check_gradient
+    from minilora.nn.gradcheck import check_gradient
 
     def loss():
         return cross_entropy_forward(lm.forward(batch["x"])[0], batch["y"], batch["mask"])[0]
@@ -52,7 +52,7 @@ def test_lora_model_backward_matches_numerical_gradient(rng):
 
 def test_only_adapter_weights_get_optimizer_state(rng):
     """AdamW holds m and v for A and B only: frozen weights cost no optimizer memory."""
-    lm = LoraModel(tiny_float64_base(), LoRAConfig(r=2))
+    lm = LoraModel(tiny_float64_base(), LoraConfig(r=2))
     opt = AdamW(lr=1e-2)
     _, grads = loss_and_grads(lm, lm_batch(rng))
     opt.step(lm.params, grads)
@@ -62,7 +62,7 @@ def test_only_adapter_weights_get_optimizer_state(rng):
 
 def test_frozen_weights_are_bit_identical_after_training(rng):
     """Ten LoRA steps change A and B but leave every base weight bit for bit as it was."""
-    lm = LoraModel(tiny_float64_base(), LoRAConfig(r=2, target_modules=["wq", "wv", "fc"]))
+    lm = LoraModel(tiny_float64_base(), LoraConfig(r=2, target_modules=["wq", "wv", "fc"]))
     frozen = {k: v.copy() for k, v in lm.params.items() if ".lora_" not in k}
     opt = AdamW(lr=1e-2)
     for _ in range(10):
@@ -74,7 +74,7 @@ def test_frozen_weights_are_bit_identical_after_training(rng):
 
 def test_merged_forward_matches_unmerged_forward(rng):
     """§4.1: after merging W = W0 + sBA the logits equal the unmerged model's (float32 tolerance)."""
-    lm = LoraModel(tiny_float64_base(dtype=np.float32), LoRAConfig(r=4, target_modules=["wq", "wv", "fc"]))
+    lm = LoraModel(tiny_float64_base(dtype=np.float32), LoraConfig(r=4, target_modules=["wq", "wv", "fc"]))
     randomize(lm, ".lora_B.", rng)
     idx = rng.integers(0, 13, (2, 8))
     unmerged, _ = lm.forward(idx)
@@ -86,7 +86,7 @@ def test_merged_forward_matches_unmerged_forward(rng):
 
 def test_merge_then_unmerge_restores_the_base_logits(rng):
     """merge_adapter then unmerge_adapter gives W0 back within float32 rounding."""
-    lm = LoraModel(tiny_float64_base(dtype=np.float32), LoRAConfig(r=4))
+    lm = LoraModel(tiny_float64_base(dtype=np.float32), LoraConfig(r=4))
     randomize(lm, ".lora_B.", rng)
     w0 = lm.params["blocks.0.attn.wq.weight"].copy()
     lm.merge_adapter()
@@ -98,7 +98,7 @@ def test_merge_then_unmerge_restores_the_base_logits(rng):
 
 def test_merging_twice_unmerging_unmerged_and_training_merged_are_errors(rng):
     """Each misuse of merge state raises a clear error."""
-    lm = LoraModel(tiny_float64_base(), LoRAConfig(r=2))
+    lm = LoraModel(tiny_float64_base(), LoraConfig(r=2))
     with pytest.raises(RuntimeError, match="not merged"):
         lm.unmerge_adapter()
     lm.merge_adapter()
@@ -110,7 +110,7 @@ def test_merging_twice_unmerging_unmerged_and_training_merged_are_errors(rng):
 
 def test_safe_merge_refuses_non_finite_weights_and_changes_nothing(rng):
     """A NaN in B makes safe_merge raise and leaves W0 untouched."""
-    lm = LoraModel(tiny_float64_base(), LoRAConfig(r=2))
+    lm = LoraModel(tiny_float64_base(), LoraConfig(r=2))
     lm.params["blocks.1.attn.wv.lora_B.default"][0, 0] = np.nan
     w0 = {k: lm.params[k].copy() for k in ("blocks.0.attn.wq.weight", "blocks.1.attn.wv.weight")}
     with pytest.raises(ValueError, match="NaN or inf"):
@@ -120,7 +120,7 @@ def test_safe_merge_refuses_non_finite_weights_and_changes_nothing(rng):
 
 def test_merge_and_unload_gives_a_plain_model_with_the_same_outputs(rng):
     """merge_and_unload returns a GPT without adapter weights or hooks, equal to the adapted model."""
-    lm = LoraModel(tiny_float64_base(), LoRAConfig(r=2))
+    lm = LoraModel(tiny_float64_base(), LoraConfig(r=2))
     randomize(lm, ".lora_B.", rng)
     idx = rng.integers(0, 13, (2, 5))
     expected, _ = lm.forward(idx)
@@ -131,7 +131,7 @@ def test_merge_and_unload_gives_a_plain_model_with_the_same_outputs(rng):
 
 def test_disable_adapter_gives_the_base_logits_exactly(rng):
     """Inside disable_adapter() the model is the base model, bit for bit; after it, the adapter is back."""
-    lm, idx, reference = adapted_model_and_base_logits(lambda base: LoraModel(base, LoRAConfig(r=2)), ".lora_B.", rng)
+    lm, idx, reference = adapted_model_and_base_logits(lambda base: LoraModel(base, LoraConfig(r=2)), ".lora_B.", rng)
     adapted, _ = lm.forward(idx)
     with lm.disable_adapter():
         assert np.array_equal(lm.forward(idx)[0], reference)
@@ -140,8 +140,8 @@ def test_disable_adapter_gives_the_base_logits_exactly(rng):
 
 def test_switching_adapters_gives_each_adapters_own_outputs(rng):
     """Two adapters on one base: set_adapter selects whose update is applied."""
-    lm = LoraModel(tiny_float64_base(), LoRAConfig(r=2, seed=1), adapter_name="one")
-    lm.add_adapter("two", LoRAConfig(r=3, target_modules=["wk"], seed=2))
+    lm = LoraModel(tiny_float64_base(), LoraConfig(r=2, seed=1), adapter_name="one")
+    lm.add_adapter("two", LoraConfig(r=3, target_modules=["wk"], seed=2))
     randomize(lm, ".lora_B.", rng)
     idx = rng.integers(0, 13, (2, 6))
     out_two, _ = lm.forward(idx)
@@ -156,9 +156,9 @@ def test_adapters_keep_their_own_classification_heads(rng):
     """modules_to_save gives each adapter its own trained copy of the head."""
     base = tiny_float64_base()
     base.add_classification_head(3)
-    lm = LoraModel(base, LoRAConfig(r=2, modules_to_save=["head"]), adapter_name="a")
+    lm = LoraModel(base, LoraConfig(r=2, modules_to_save=["head"]), adapter_name="a")
     lm.params["head.weight"] += 1.0
-    lm.add_adapter("b", LoRAConfig(r=2, modules_to_save=["head"]))
+    lm.add_adapter("b", LoraConfig(r=2, modules_to_save=["head"]))
     assert "head.weight" in lm.trainable
     b_head = lm.params["head.weight"].copy()
     lm.set_adapter("a")
@@ -170,7 +170,7 @@ def test_adapter_save_load_round_trip(tmp_path, rng):
     """A saved adapter loaded onto the same base reproduces the adapted logits exactly."""
     base = tiny_float64_base()
     base.add_classification_head(2)
-    lm = LoraModel(base, LoRAConfig(r=2, modules_to_save=["head"]), adapter_name="task")
+    lm = LoraModel(base, LoraConfig(r=2, modules_to_save=["head"]), adapter_name="task")
     randomize(lm, ".lora_B.", rng)
     lm.params["head.bias"][:] = [0.5, -0.5]
     idx, last = rng.integers(0, 13, (2, 6)), np.array([5, 2])
@@ -188,7 +188,7 @@ def test_adapter_save_load_round_trip(tmp_path, rng):
 
 def test_adapter_file_holds_peft_shapes(tmp_path):
     """lora_A is (r, d_in) and lora_B is (d_out, r) in the file, as PEFT stores them."""
-    lm = LoraModel(tiny_float64_base(), LoRAConfig(r=3, target_modules=["fc"]))
+    lm = LoraModel(tiny_float64_base(), LoraConfig(r=3, target_modules=["fc"]))
     lm.save_adapter(tmp_path / "ad")
     t, _ = io.load_tensors(tmp_path / "ad" / "adapter_model.safetensors")
     assert t["blocks.0.mlp.fc.lora_A.weight"].shape == (3, 16)
@@ -197,7 +197,7 @@ def test_adapter_file_holds_peft_shapes(tmp_path):
 
 def test_loading_onto_a_different_base_is_refused(tmp_path):
     """The fingerprint of the base model is checked: another base raises CheckpointError."""
-    LoraModel(tiny_float64_base(seed=0), LoRAConfig(r=2)).save_adapter(tmp_path / "ad")
+    LoraModel(tiny_float64_base(seed=0), LoraConfig(r=2)).save_adapter(tmp_path / "ad")
     other = LoraModel(tiny_float64_base(seed=1))
     with pytest.raises(io.CheckpointError, match="different base model"):
         other.load_adapter(tmp_path / "ad")
@@ -206,7 +206,7 @@ def test_loading_onto_a_different_base_is_refused(tmp_path):
 
 def test_loading_an_adapter_with_other_shapes_is_refused(tmp_path):
     """Tensors whose shapes disagree with the config are refused, and nothing is left half-loaded."""
-    lm = LoraModel(tiny_float64_base(), LoRAConfig(r=2))
+    lm = LoraModel(tiny_float64_base(), LoraConfig(r=2))
     lm.save_adapter(tmp_path / "ad")
     meta = io.read_json(tmp_path / "ad" / "adapter_config.json")
     meta["r"] = 3
@@ -219,7 +219,7 @@ def test_loading_an_adapter_with_other_shapes_is_refused(tmp_path):
 
 def test_trainable_report_counts_percent_and_adam_bytes(capsys):
     """The report gives trainable/total counts, their percent, and 8 bytes of Adam state per float32 weight."""
-    lm = LoraModel(GPT(TINY_LORA_BASE, seed=0), LoRAConfig(r=2))          # float32
+    lm = LoraModel(GPT(TINY_LORA_BASE, seed=0), LoraConfig(r=2))          # float32
     rep = lm.trainable_report()
     n = 2 * 4 * 16 * 2
     assert rep["trainable"] == n and rep["adam_state_bytes"] == 8 * n

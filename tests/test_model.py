@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 
 from minilora import io
-from minilora.gradcheck import check_gradient
-from minilora.layers import cross_entropy_backward, cross_entropy_forward
-from minilora.model import GPT, GPTConfig, load_model, param_shapes, save_model
+from minilora.nn.gradcheck import check_gradient
+from minilora.nn.layers import cross_entropy_backward, cross_entropy_forward
+from minilora.nn.model import GPT, GPTConfig, load_model, param_shapes, save_model
 
 TINY = GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8)
 

@@ -1,11 +1,11 @@
-"""Tests for minilora.optim: SGD, AdamW, the warmup/decay schedule and gradient clipping."""
+"""Tests for minilora.nn.optim: SGD, AdamW, the warmup/decay schedule and gradient clipping."""
 import math
 
 import numpy as np
 import pytest
 
-from minilora import backend
-from minilora.optim import SGD, AdamW, adamw_update, clip_grad_norm, linear_warmup_decay
+from minilora.nn import backend
+from minilora.nn.optim import SGD, AdamW, adamw_update, clip_grad_norm, linear_warmup_decay
 
 
 def _params(dtype=np.float64, seed=0):

@@ -1,11 +1,11 @@
 """Specification of the shipped base model and of pretraining."""
 import pytest
 
-from minilora.tasks import PRETRAIN_TASKS
+from minilora.data.tasks import PRETRAIN_TASKS
 from minilora.io import dir_size, fingerprint, read_json
-from minilora.model import GPT
-from minilora.pretrain import SHIPPED_BASE, PretrainConfig, base_config, load_base, pretrain, task_accuracy
-from minilora.train import TrainConfig
+from minilora.nn.model import GPT
+from minilora.experiments.pretrain import SHIPPED_BASE, PretrainConfig, base_config, load_base, pretrain, task_accuracy
+from minilora.experiments.train import TrainConfig
 
 
 def test_shipped_base_checkpoint_is_well_under_5_mb():
@@ -55,7 +55,7 @@ def test_pretraining_is_deterministic_in_its_seed(tmp_path):
 
 def test_base_info_reports_the_recipe_that_made_the_shipped_base():
     """base_info() returns config.json's record: the pretraining tasks and the training settings."""
-    from minilora.pretrain import base_info
+    from minilora.experiments.pretrain import base_info
 
     info = base_info()
     assert info["pretrain_tasks"] == list(PRETRAIN_TASKS) and info["pretrain"]["train"]["steps"] > 0

@@ -1,12 +1,12 @@
-"""The experiments of minilora.rank_choice on the tiny GPT of the sweep specs (2 layers, C = 16, built
+"""The experiments of minilora.experiments.rank_choice on the tiny GPT of the sweep specs (2 layers, C = 16, built
 in helpers), a few steps each: the exact facts (which factor moves first) and the bookkeeping
 (recommendations, errors), not the accuracies."""
 import numpy as np
 import pytest
 
-from minilora import rank_choice, sweeps
-from minilora.data import make_splits
-from minilora.lora import LoRAConfig
+from minilora.experiments import rank_choice, sweeps
+from minilora.data.datasets import make_splits
+from minilora.adapters.lora import LoraConfig
 
 from helpers import SWEEP_C, SWEEP_L
 
@@ -24,7 +24,7 @@ def hand_made_sweep():
 def test_only_B_moves_at_step_0_when_A_is_random_and_B_zero(tiny_base, init, std):
     """B = 0: dA = s (dh B)^T x is exactly 0 while dB is not."""
     data = make_splits("shift", 16, 8, seed=0, block_size=24)[0]
-    facts = rank_choice.step0_gradients(tiny_base, data, LoRAConfig(r=4, init_lora_weights=init, init_std=std),
+    facts = rank_choice.step0_gradients(tiny_base, data, LoraConfig(r=4, init_lora_weights=init, init_std=std),
                                         batch_size=8)
     assert facts["max_abs_dA"] == 0.0, f"expected dA exactly 0, got max abs {facts['max_abs_dA']}"
     assert facts["max_abs_dB"] > 0.0, f"expected a non-zero dB, got max abs {facts['max_abs_dB']}"
@@ -33,7 +33,7 @@ def test_only_B_moves_at_step_0_when_A_is_random_and_B_zero(tiny_base, init, std
 def test_reversed_init_moves_A_first_and_B_not_at_all(tiny_base):
     """A = 0, B random: u = x A^T = 0, so dB = 0 exactly and only A gets a gradient."""
     data = make_splits("shift", 16, 8, seed=0, block_size=24)[0]
-    facts = rank_choice.step0_gradients(tiny_base, data, LoRAConfig(r=4, init_lora_weights="reversed"), batch_size=8)
+    facts = rank_choice.step0_gradients(tiny_base, data, LoraConfig(r=4, init_lora_weights="reversed"), batch_size=8)
     assert facts["max_abs_dB"] == 0.0, f"expected dB exactly 0, got max abs {facts['max_abs_dB']}"
     assert facts["max_abs_dA"] > 0.0, f"expected a non-zero dA, got max abs {facts['max_abs_dA']}"
 

@@ -22,8 +22,8 @@ torch = pytest.importorskip("torch")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import torch_gpt  # noqa: E402  (needs the sys.path entry above)
 
-from minilora.layers import cross_entropy_backward, cross_entropy_forward  # noqa: E402
-from minilora.model import GPT, GPTConfig  # noqa: E402
+from minilora.nn.layers import cross_entropy_backward, cross_entropy_forward  # noqa: E402
+from minilora.nn.model import GPT, GPTConfig  # noqa: E402
 
 CONFIG = GPTConfig(vocab_size=13, block_size=8, n_layer=2, n_head=2, n_embd=16)
 TOL = 1e-10

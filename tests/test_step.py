@@ -6,13 +6,13 @@ import sys
 import numpy as np
 import pytest
 
-from minilora import backend
-from minilora.lora import LoRAConfig
-from minilora.lora_model import LoraModel
-from minilora.model import GPT, GPTConfig
-from minilora.step import MIN_SHARD_TOKENS, default_workers, loss_and_grads, split_batch
-from minilora.train import TrainConfig, train
-from minilora.data import make_dataset
+from minilora.nn import backend
+from minilora.adapters.lora import LoraConfig
+from minilora.adapters.lora_model import LoraModel
+from minilora.nn.model import GPT, GPTConfig
+from minilora.experiments.step import MIN_SHARD_TOKENS, default_workers, loss_and_grads, split_batch
+from minilora.experiments.train import TrainConfig, train
+from minilora.data.datasets import make_dataset
 
 from helpers import randomize
 
@@ -56,7 +56,7 @@ def test_sharded_step_equals_one_thread_step_for_classification():
 def test_sharded_step_equals_one_thread_step_for_lora():
     """Only A and B get gradients, on any number of threads, and they match the one-thread step."""
     rng = np.random.default_rng(2)
-    lm = LoraModel(float64_model(), LoRAConfig(r=2, target_modules=("wq", "wv")))
+    lm = LoraModel(float64_model(), LoraConfig(r=2, target_modules=("wq", "wv")))
     randomize(lm, "lora_B", rng)
     assert_same_step(lm, uneven_lm_batch(rng), 2)
 
@@ -94,7 +94,7 @@ def test_workers_below_one_are_refused():
 def test_lora_dropout_keeps_its_masks_reproducible_on_many_workers():
     """A model that draws dropout masks runs on one thread: same seed, same gradients."""
     def grads(workers):
-        lm = LoraModel(float64_model(), LoRAConfig(r=2, lora_dropout=0.3))
+        lm = LoraModel(float64_model(), LoraConfig(r=2, lora_dropout=0.3))
         randomize(lm, "lora_B", np.random.default_rng(5))
         return loss_and_grads(lm, uneven_lm_batch(np.random.default_rng(6)), workers=workers)[1]
     serial, threaded = grads(1), grads(4)
@@ -124,10 +124,10 @@ def test_training_on_two_workers_is_reproducible_and_learns():
 
 FAULT_PROBE = """
 import resource, numpy as np
-from minilora import backend
-from minilora.model import GPT, GPTConfig
-from minilora.optim import AdamW
-from minilora.step import loss_and_grads
+from minilora.nn import backend
+from minilora.nn.model import GPT, GPTConfig
+from minilora.nn.optim import AdamW
+from minilora.experiments.step import loss_and_grads
 model = GPT(GPTConfig(vocab_size=64, block_size=64, n_layer=2, n_head=4, n_embd=128), seed=0)
 rng = np.random.default_rng(0)
 batch = {"x": rng.integers(0, 64, (16, 64)), "y": rng.integers(0, 64, (16, 64)), "mask": np.ones((16, 64), np.float32)}

@@ -1,15 +1,15 @@
-"""The training experiments of minilora.sweeps on a tiny GPT (2 layers, C = 16, built in helpers), a
+"""The training experiments of minilora.experiments.sweeps on a tiny GPT (2 layers, C = 16, built in helpers), a
 few steps each: the exact facts (equal budgets) and the bookkeeping (errors, cached runs, every
 analysis's data and plot), not the accuracies."""
 import numpy as np
 import pytest
 
-from minilora import rank_choice, sweeps
-from minilora.data import make_splits
-from minilora.finetune import prepare
-from minilora.lora import LoRAConfig
-from minilora.lora_model import LoraModel
-from minilora.model import GPT
+from minilora.experiments import rank_choice, sweeps
+from minilora.data.datasets import make_splits
+from minilora.experiments.finetune import prepare
+from minilora.adapters.lora import LoraConfig
+from minilora.adapters.lora_model import LoraModel
+from minilora.nn.model import GPT
 
 from helpers import SWEEP_C, SWEEP_L
 
@@ -22,7 +22,7 @@ def test_budget_configurations_train_equal_parameter_counts(tiny_base):
     data = make_splits("shift", 16, 8, seed=0, block_size=24)[0]
     counts = {}
     for targets, r in sweeps.budget_configs(8):
-        model = prepare(tiny_base, "lora", data, LoRAConfig(r=r, target_modules=targets))
+        model = prepare(tiny_base, "lora", data, LoraConfig(r=r, target_modules=targets))
         counts[f"{targets} r={r}"] = model.num_params(trainable_only=True)
     expected = 2 * L * C * 8
     assert len(counts) == 7 and set(counts.values()) == {expected}, f"expected 7 x {expected}, got {counts}"
@@ -43,7 +43,7 @@ def test_budget_sweep_reports_one_equal_count_for_every_row(lab):
 
 # --------------------------------------------------------------------------- comparing adapters
 def adapter(base, **kw):
-    return LoraModel(GPT(base.config, {k: v.copy() for k, v in base.params.items()}), LoRAConfig(**kw))
+    return LoraModel(GPT(base.config, {k: v.copy() for k, v in base.params.items()}), LoraConfig(**kw))
 
 
 def test_comparing_adapters_of_different_layers_or_targets_raises(tiny_base):

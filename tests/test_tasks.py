@@ -1,4 +1,4 @@
-"""Properties of minilora.tasks: the character tokenizer and the registry of shipped tasks.
+"""Properties of minilora.data.tasks: the character tokenizer and the registry of shipped tasks.
 
 Every expected value is recomputed here from the definitions, not by calling the code under test.
 """
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from minilora.tasks import (DOWNSTREAM_TASKS, PRETRAIN_TASKS, TASK_CHARS, TASKS, CharTokenizer, default_tokenizer,
+from minilora.data.tasks import (DOWNSTREAM_TASKS, PRETRAIN_TASKS, TASK_CHARS, TASKS, CharTokenizer, default_tokenizer,
                             get_task)
 
 TOK = default_tokenizer()

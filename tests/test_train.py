@@ -4,10 +4,10 @@ import math
 import numpy as np
 import pytest
 
-from minilora.data import TextData, make_dataset
-from minilora.model import GPT, GPTConfig, load_model
-from minilora.optim import AdamW
-from minilora.train import NonFiniteLossError, TrainConfig, evaluate, train
+from minilora.data.datasets import TextData, make_dataset
+from minilora.nn.model import GPT, GPTConfig, load_model
+from minilora.nn.optim import AdamW
+from minilora.experiments.train import NonFiniteLossError, TrainConfig, evaluate, train
 
 TINY = GPTConfig(vocab_size=56, block_size=24, n_layer=2, n_head=2, n_embd=32)
 

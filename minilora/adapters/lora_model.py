@@ -1,10 +1,10 @@
 """``LoraModel``: LoRA adapters on a frozen GPT, with PEFT's vocabulary (Hu et al. 2021, §4).
 
-``LoRAConfig``, ``add_adapter``, ``set_adapter``, ``disable_adapter``, ``merge_adapter``,
+``LoraConfig``, ``add_adapter``, ``set_adapter``, ``disable_adapter``, ``merge_adapter``,
 ``unmerge_adapter``, ``merge_and_unload``, ``delete_adapter``, ``save_adapter``, ``load_adapter``
 mean what they mean in PEFT. Adapter weights live in the model's params dict as
 ``{module}.lora_A.{adapter}`` (r, d_in) and ``{module}.lora_B.{adapter}`` (d_out, r); a hook in
-``model.linear_hooks`` routes each adapted layer through ``minilora.lora.lora_forward``. Files use
+``model.linear_hooks`` routes each adapted layer through ``minilora.adapters.lora.lora_forward``. Files use
 PEFT's key names (``...wq.lora_A.weight``) and record a fingerprint of the base model, so an
 adapter is never loaded onto a base it was not trained on.
 
@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from minilora import backend, io
-from minilora.backend import xp
-from minilora.lora import (LoRAConfig, init_lora_pair, lora_backward, lora_forward, merge_weights,
+from minilora.nn import backend
+from minilora import io
+from minilora.nn.backend import xp
+from minilora.adapters.lora import (LoraConfig, init_lora_pair, lora_backward, lora_forward, merge_weights,
                            resolve_targets, unmerge_weights)
-from minilora.model import GPT, WrappedModel, param_shapes
+from minilora.nn.model import GPT, WrappedModel, param_shapes
 
 
 # --------------------------------------------------------------------------- the hook
@@ -56,9 +57,9 @@ class LoraModel(WrappedModel):
     num_params), so the same ``train`` loop trains a LoRA model and a fully fine-tuned one.
     """
 
-    def __init__(self, model: GPT, config: LoRAConfig | None = None, adapter_name: str = "default"):
+    def __init__(self, model: GPT, config: LoraConfig | None = None, adapter_name: str = "default"):
         super().__init__(model)
-        self.adapters: dict[str, LoRAConfig] = {}
+        self.adapters: dict[str, LoraConfig] = {}
         self.modules: dict[str, dict[str, tuple[int, float]]] = {}   # adapter -> module -> (r, scale)
         self.saved: dict[str, dict] = {}       # adapter -> its own copies of modules_to_save / biases
         self.base_saved: dict = {}             # the base model's values of those parameters
@@ -86,7 +87,7 @@ class LoraModel(WrappedModel):
     def _keys(module: str, adapter: str) -> tuple[str, str]:
         return f"{module}.lora_A.{adapter}", f"{module}.lora_B.{adapter}"
 
-    def _saved_names(self, config: LoRAConfig, modules) -> list[str]:
+    def _saved_names(self, config: LoraConfig, modules) -> list[str]:
         """Parameters an adapter trains fully and carries in its file (modules_to_save, biases)."""
         names = []
         for m in config.modules_to_save:
@@ -101,7 +102,7 @@ class LoraModel(WrappedModel):
             names += [f"{n}.bias" for n in modules]
         return sorted(set(names))
 
-    def add_adapter(self, adapter_name: str, config: LoRAConfig):
+    def add_adapter(self, adapter_name: str, config: LoraConfig):
         """Create adapter ``adapter_name``: A random, B = 0 for every target (§4.1); make it active."""
         if adapter_name in self.adapters:
             raise ValueError(f"adapter {adapter_name!r} exists already; delete_adapter it or pick another name")
@@ -164,7 +165,7 @@ class LoraModel(WrappedModel):
 
     @property
     def stochastic(self) -> bool:
-        """True when a training forward draws random dropout masks (minilora.step then keeps
+        """True when a training forward draws random dropout masks (minilora.experiments.step then keeps
         the batch on one thread, so the masks come in a reproducible order)."""
         return self.active_adapter is not None and self.adapters[self.active_adapter].lora_dropout > 0.0
 
@@ -310,7 +311,7 @@ class LoraModel(WrappedModel):
                 f"{meta.get('base_model_fingerprint')} vs this base {self.base_fingerprint}); load it onto "
                 f"the base it was made for (and unmerge any merged adapter first)")
         name = adapter_name or meta.get("adapter_name", "default")
-        config = LoRAConfig.from_dict(meta)
+        config = LoraConfig.from_dict(meta)
         tensors, _ = io.load_tensors(directory / "adapter_model.safetensors")
         was_active = self.active_adapter
         self.add_adapter(name, config)

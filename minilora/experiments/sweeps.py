@@ -10,7 +10,7 @@ plain data (lists, dicts, NumPy arrays); each has a ``plot_*`` function that sav
 
 Runs are shared: a ``Lab`` holds the base, the task's data and every run made so far, keyed by
 (targets, r, seed, init), so the r = 8 and r = 64 {wq, wv} adapters of the rank sweep also feed
-the subspace and amplification analyses. ``minilora.rank_choice`` runs its experiments (full
+the subspace and amplification analyses. ``minilora.experiments.rank_choice`` runs its experiments (full
 fine-tuning spectra, the initialisation ablation, the rank recommendation) on the same ``Lab``.
 """
 from __future__ import annotations
@@ -20,18 +20,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from minilora import analysis
-from minilora.backend import to_numpy
-from minilora.data import ClassificationData, make_splits
-from minilora.finetune import prepare
-from minilora.lora import TARGETS, LoRAConfig
-from minilora.lora_model import LoraModel
-from minilora.pretrain import load_base
-from minilora.train import TrainConfig, evaluate, train
+from minilora.experiments import analysis
+from minilora.nn.backend import to_numpy
+from minilora.data.datasets import ClassificationData, make_splits
+from minilora.experiments.finetune import prepare
+from minilora.adapters.lora import TARGETS, LoraConfig
+from minilora.adapters.lora_model import LoraModel
+from minilora.experiments.pretrain import load_base
+from minilora.experiments.train import TrainConfig, evaluate, train
 
 RANKS = (1, 2, 4, 8, 16, 64)
 TARGET_SETS = (("wq",), ("wq", "wv"), ("wq", "wk", "wv", "wo"), ("wq", "wv", "fc", "proj"))
-# (label, init_lora_weights, init_std); init_std None = that init's default (minilora.lora.init_lora_pair)
+# (label, init_lora_weights, init_std); init_std None = that init's default (minilora.adapters.lora.init_lora_pair)
 INIT_VARIANTS = (("gaussian, std 1/sqrt(d_in)", "gaussian", None), ("gaussian, std 1/r (PEFT)", "peft_gaussian", None),
                  ("gaussian, std 0.02", "gaussian", 0.02), ("kaiming-uniform", "kaiming", None),
                  ("reversed (A = 0, B random)", "reversed", None), ("both zero", "zeros", None))
@@ -40,14 +40,14 @@ INIT_VARIANTS = (("gaussian, std 1/sqrt(d_in)", "gaussian", None), ("gaussian, s
 # --------------------------------------------------------------------------- settings and runs
 @dataclass
 class SweepConfig:
-    task: str = "shift"          # downstream task (minilora.tasks.DOWNSTREAM_TASKS)
+    task: str = "shift"          # downstream task (minilora.data.tasks.DOWNSTREAM_TASKS)
     steps: int = 300             # per run, the same for every run (400 took the 35 runs past 10 min on 2 busy cores)
     batch_size: int = 16         # 16 costs under half of 32 per step and learns about as fast per step
-    lr: float = 5e-3             # LoRA learning rate (AdamW), as minilora.finetune's default (1e-2 diverges on shift)
+    lr: float = 5e-3             # LoRA learning rate (AdamW), as minilora.experiments.finetune's default (1e-2 diverges on shift)
     full_lr: float = 1e-3        # full fine-tuning learning rate
     warmup_steps: int = 20
     lora_alpha: float = 8.0      # §4.1: "we simply set alpha to the first r we try": 8, for every r
-    init: str = "gaussian"       # LoRAConfig default: A ~ N(0, 1/d_in), B = 0; its size does not depend on r
+    init: str = "gaussian"       # LoraConfig default: A ~ N(0, 1/d_in), B = 0; its size does not depend on r
     n_train: int = 2000          # training examples (a run sees 300 x 16 = 2.4 epochs)
     n_test: int = 300            # held-out examples for accuracy and loss
     ranks: tuple = RANKS
@@ -95,8 +95,8 @@ class Lab:
         self.log = log if log is not None else (print if self.config.progress else (lambda *a: None))
         self.seconds = 0.0       # wall time spent training and evaluating
 
-    def lora_config(self, targets, r, *, seed=None, init=None, init_std=None) -> LoRAConfig:
-        return LoRAConfig(r=r, lora_alpha=self.config.lora_alpha, target_modules=tuple(targets),
+    def lora_config(self, targets, r, *, seed=None, init=None, init_std=None) -> LoraConfig:
+        return LoraConfig(r=r, lora_alpha=self.config.lora_alpha, target_modules=tuple(targets),
                           init_lora_weights=init or self.config.init, init_std=init_std,
                           seed=self.config.seed if seed is None else seed,
                           modules_to_save=("head",) if self.classification else ())

@@ -42,9 +42,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from minilora import backend
-from minilora.layers import gelu_backward, gelu_forward, linear_backward, linear_forward
-from minilora.model import GPT, GPTConfig, WrappedModel
+from minilora.nn import backend
+from minilora.nn.layers import gelu_backward, gelu_forward, linear_backward, linear_forward
+from minilora.nn.model import GPT, GPTConfig, WrappedModel
 
 # variant -> the linear layers (under ``blocks.{i}.``) whose output each adapter follows
 VARIANTS = {"houlsby": ("attn.wo", "mlp.proj"), "lin": ("mlp.proj",)}
@@ -154,7 +154,7 @@ class AdapterModel(WrappedModel):
     """A frozen GPT with bottleneck adapters after attn.wo and/or mlp.proj of every block.
 
     Offers the model interface (params, trainable, config, dtype, forward, classify, backward,
-    num_params), so ``minilora.train.train`` trains it like a GPT or a LoraModel. ``config`` is
+    num_params), so ``minilora.experiments.train.train`` trains it like a GPT or a LoraModel. ``config`` is
     the GPT's config; the adapters' own is ``adapter_config``.
     """
 

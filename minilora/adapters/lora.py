@@ -13,9 +13,9 @@ never meet in one formula below: the matrix is written ``B_``/``lora_B`` in code
 This module holds the math and the configuration:
   * pure functions: ``lora_forward`` / ``lora_backward`` (the layer), ``merge_weights`` /
     ``unmerge_weights`` (W0 + s B A and back), ``init_lora_pair``;
-  * ``LoRAConfig`` (PEFT's field names) and ``resolve_targets``, which turns a config into the
+  * ``LoraConfig`` (PEFT's field names) and ``resolve_targets``, which turns a config into the
     list of adapted matrices with their rank and scale.
-``minilora.lora_model.LoraModel`` puts adapters built from these on a ``GPT``.
+``minilora.adapters.lora_model.LoraModel`` puts adapters built from these on a ``GPT``.
 """
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from minilora import backend
-from minilora.layers import linear_forward
-from minilora.model import GPT
+from minilora.nn import backend
+from minilora.nn.layers import linear_forward
+from minilora.nn.model import GPT
 
 # Short names users write in target_modules -> the module's name inside a block.
 TARGETS = {"wq": "attn.wq", "wk": "attn.wk", "wv": "attn.wv", "wo": "attn.wo",
@@ -124,7 +124,7 @@ def init_lora_pair(d_out, d_in, r, *, init="gaussian", std=None, rng=None, dtype
 
 # --------------------------------------------------------------------------- configuration
 @dataclass
-class LoRAConfig:
+class LoraConfig:
     r: int = 8                                   # rank of every adapted matrix
     lora_alpha: float = 8.0                      # scale s = lora_alpha / r (§4.1: set once, not tuned)
     target_modules: tuple = ("wq", "wv")         # any of wq wk wv wo fc proj (§4.2 uses wq, wv)
@@ -158,7 +158,7 @@ class LoRAConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LoRAConfig":
+    def from_dict(cls, d: dict) -> "LoraConfig":
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -177,7 +177,7 @@ def _pattern_value(name: str, pattern: dict, default):
     return best
 
 
-def resolve_targets(model: GPT, config: LoRAConfig) -> dict[str, tuple[int, float]]:
+def resolve_targets(model: GPT, config: LoraConfig) -> dict[str, tuple[int, float]]:
     """Module name -> (r, scale) for every matrix the config adapts. Raises on bad names or ranks."""
     unknown = [t for t in config.target_modules if t not in TARGETS and t not in TARGETS.values()]
     if unknown or not config.target_modules:
@@ -206,7 +206,7 @@ def resolve_targets(model: GPT, config: LoRAConfig) -> dict[str, tuple[int, floa
     return out
 
 
-def expected_trainable_count(config: LoRAConfig, n_layer: int, d_model: int) -> int:
+def expected_trainable_count(config: LoraConfig, n_layer: int, d_model: int) -> int:
     """|Theta| = 2 x L_hat x d_model x r (Hu et al. 2021, §5.1), for square attention targets.
 
     L_hat is the number of adapted matrices. For other shapes count r (d_in + d_out) per matrix,
@@ -220,6 +220,6 @@ def expected_trainable_count(config: LoRAConfig, n_layer: int, d_model: int) -> 
     return 2 * len(config.target_modules) * len(layers) * d_model * config.r
 
 
-def lora_param_count(model: GPT, config: LoRAConfig) -> int:
+def lora_param_count(model: GPT, config: LoraConfig) -> int:
     """Trainable LoRA parameters for any targets: sum over adapted W0 (d_out, d_in) of r (d_in + d_out)."""
     return sum(r * sum(model.params[name + ".weight"].shape) for name, (r, _) in resolve_targets(model, config).items())

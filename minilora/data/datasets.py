@@ -1,4 +1,4 @@
-"""Datasets for minilora: seeded examples of the shipped tasks (``minilora.tasks``), batches, and
+"""Datasets for minilora: seeded examples of the shipped tasks (``minilora.data.tasks``), batches, and
 text files.
 
 Everything is drawn from a seed with NumPy's ``Generator``; nothing is downloaded. A generation
@@ -21,7 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
-from minilora.tasks import CharTokenizer, default_tokenizer, get_task
+from minilora.data.tasks import CharTokenizer, default_tokenizer, get_task
 
 # --------------------------------------------------------------------------- datasets
 @dataclass

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from minilora import backend, io
-from minilora.data import make_splits
-from minilora.tasks import DOWNSTREAM_TASKS, get_task
-from minilora.finetune import FinetuneResult, default_train_config, finetune
-from minilora.lora_model import LoraModel
-from minilora.pretrain import load_base
-from minilora.train import evaluate, plot_histories, to_backend
+from minilora.nn import backend
+from minilora import io
+from minilora.data.datasets import make_splits
+from minilora.data.tasks import DOWNSTREAM_TASKS, get_task
+from minilora.experiments.finetune import FinetuneResult, default_train_config, finetune
+from minilora.adapters.lora_model import LoraModel
+from minilora.experiments.pretrain import load_base
+from minilora.experiments.train import evaluate, plot_histories, to_backend
 
 N_TRAIN, N_TEST = 4000, 500
 

@@ -2,7 +2,7 @@
 
 NumPy arrays in, floats or NumPy arrays out; every computation runs in float64 on the CPU (the
 matrices are at most C x 4C, and SVDs want the precision). The training experiments that produce
-the matrices live in ``minilora.sweeps``; this module only measures them.
+the matrices live in ``minilora.experiments.sweeps``; this module only measures them.
 
 Shape letters: r rank of an adapter (r1, r2 for two of them), d_in = k input features,
 d_out = d output features. Matrices are stored as the paper writes them: W0 and dW (d_out, d_in),
@@ -19,7 +19,7 @@ import operator
 
 import numpy as np
 
-from minilora.backend import to_numpy
+from minilora.nn.backend import to_numpy
 
 
 # --------------------------------------------------------------------------- checks

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 
-from minilora.backend import xp
+from minilora.nn.backend import xp
 
 
 # --------------------------------------------------------------------------- linear

@@ -1,6 +1,6 @@
 """One training step's loss and gradients, on one thread or on several (data parallelism).
 
-A batch is a dict of arrays on the active backend (see ``minilora.data``):
+A batch is a dict of arrays on the active backend (see ``minilora.data.datasets``):
     generation:      x (B, T), y (B, T) next-token targets, mask (B, T) 1 on answer tokens
     classification:  x (B, T), last (B,) position the head reads, labels (B,)
 
@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from minilora import backend
-from minilora.layers import cross_entropy_backward, cross_entropy_forward
+from minilora.nn import backend
+from minilora.nn.layers import cross_entropy_backward, cross_entropy_forward
 
 # A shard of fewer tokens than this gives its thread too little work to pay for the hand-off
 # (measured on 2 cores at C = 128: 2 workers win from about 500 tokens per batch, lose below 256).

@@ -3,7 +3,7 @@
 The tasks set up the situation LoRA was made for (Hu et al. 2021, §1): a model pretrained on a
 broad mix (copy, reverse, sort) is adapted to related but different downstream tasks (shift,
 rotate, palindrome). A task knows its prompt tag, its kind (generation or classification) and how
-to solve a word; ``minilora.data`` turns tasks into seeded datasets.
+to solve a word; ``minilora.data.datasets`` turns tasks into seeded datasets.
 
 A generation example is a prompt and an answer, "." ends the answer ("rev:hello=" + "olleh.");
 a classification example is a prompt ending in "?" ("pal:abcba?") and a label.

@@ -1,6 +1,6 @@
 """The one place that decides between NumPy (CPU) and CuPy (GPU).
 
-Every other module writes ``from minilora.backend import xp`` and calls ``xp.matmul``,
+Every other module writes ``from minilora.nn.backend import xp`` and calls ``xp.matmul``,
 ``xp.exp`` and so on. ``xp`` is a small proxy that forwards to whichever array module is
 active, so switching the backend at run time reaches code that was imported earlier.
 
@@ -137,7 +137,7 @@ def cpu_count() -> int:
 def blas_threads(n: int):
     """Inside the block, NumPy's BLAS uses at most ``n`` threads (nothing changes on CuPy).
 
-    For data parallelism (``minilora.step``): each worker thread runs its own single-threaded
+    For data parallelism (``minilora.experiments.step``): each worker thread runs its own single-threaded
     matrix products, instead of every worker asking BLAS for all cores at once. The limit is
     set through threadpoolctl, which finds the BLAS NumPy loaded (OpenBLAS, MKL, BLIS) and uses
     that library's own call for it; the previous limit comes back on leaving the block.
@@ -172,9 +172,9 @@ def keep_freed_memory(*, largest_block: int = 64 << 20, keep: int = 1 << 30) -> 
     memory pool for the same reason; for NumPy, minilora asks glibc to serve blocks up to
     ``largest_block`` bytes from its heap and to keep up to ``keep`` freed bytes there, and to
     use that one heap for every thread (per-thread heaps are unmapped whenever they empty, which
-    the worker threads of ``minilora.step`` would do every step).
+    the worker threads of ``minilora.experiments.step`` would do every step).
 
-    Called by ``minilora.step.forward_loss`` (training and evaluation). Process-wide; does nothing on
+    Called by ``minilora.experiments.step.forward_loss`` (training and evaluation). Process-wide; does nothing on
     CuPy, off glibc (macOS, musl) or with MINILORA_KEEP_FREED_MEMORY=0. Returns whether the
     setting is in force.
     """

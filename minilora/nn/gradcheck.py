@@ -12,7 +12,7 @@ difference and checks stall near 1e-4 relative error; float64 checks reach ~1e-9
 
 Students can call these helpers on their own layers::
 
-    from minilora.gradcheck import check_layer
+    from minilora.nn.gradcheck import check_layer
     check_layer(linear_forward, linear_backward, [x, W, b])   # raises AssertionError if wrong
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from minilora import backend
+from minilora.nn import backend
 
 # Relative error we expect from a correct backward pass on a smooth layer in float64.
 DEFAULT_TOL = 1e-7

@@ -30,10 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from minilora import backend, io
-from minilora.attention import attention_backward, attention_forward
-from minilora.backend import xp
-from minilora.layers import (embedding_backward, embedding_forward, gelu_backward, gelu_forward,
+from minilora.nn import backend
+from minilora import io
+from minilora.nn.attention import attention_backward, attention_forward
+from minilora.nn.backend import xp
+from minilora.nn.layers import (embedding_backward, embedding_forward, gelu_backward, gelu_forward,
                              layernorm_backward, layernorm_forward, linear_backward, linear_forward)
 
 # The linear layers of one block, by their name under ``blocks.{i}.``.

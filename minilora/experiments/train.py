@@ -1,7 +1,7 @@
 """The training loop, evaluation, loss curves and checkpoints, shared by pretraining, LoRA and
 full fine-tuning, so that their numbers are comparable.
 
-A batch is a dict of NumPy arrays from ``minilora.data``:
+A batch is a dict of NumPy arrays from ``minilora.data.datasets``:
     generation:      x (B, T), y (B, T) next-token targets, mask (B, T) 1 on answer tokens
     classification:  x (B, T), last (B,) position the head reads, labels (B,)
 """
@@ -16,11 +16,11 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm  # plain tqdm, not tqdm.auto: no widget JSON in notebooks
 
-from minilora import backend
-from minilora.data import TextData, iterate_batches
-from minilora.model import GPT, save_model
-from minilora.optim import AdamW, clip_grad_norm, linear_warmup_decay
-from minilora.step import forward_loss, loss_and_grads
+from minilora.nn import backend
+from minilora.data.datasets import TextData, iterate_batches
+from minilora.nn.model import GPT, save_model
+from minilora.nn.optim import AdamW, clip_grad_norm, linear_warmup_decay
+from minilora.experiments.step import forward_loss, loss_and_grads
 
 
 class NonFiniteLossError(RuntimeError):
@@ -39,7 +39,7 @@ class TrainConfig:
     eval_every: int = 250        # steps between evaluations (and checkpoints)
     seed: int = 0                # batch order
     progress: bool = True        # show a tqdm progress bar
-    workers: int | None = None   # threads sharing each batch; None: one per core (minilora.step)
+    workers: int | None = None   # threads sharing each batch; None: one per core (minilora.experiments.step)
 
 
 @dataclass

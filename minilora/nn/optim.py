@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 
-from minilora.backend import xp
+from minilora.nn.backend import xp
 
 
 def _check_grads(params: dict, grads: dict) -> None:

@@ -1,6 +1,6 @@
 """Grading of the classroom exercises by the library's own spec tests, and their command line.
 
-Each step of ``minilora.exercises.STEPS`` is graded by one pytest subprocess on the student's copy
+Each step of ``minilora.classroom.exercises.STEPS`` is graded by one pytest subprocess on the student's copy
 of the project, ``pytest -m stepNN`` with the workspace's minilora first on the import path:
 
     grade(workspace)             a StepResult per step: tests passed out of those that ran
@@ -9,7 +9,7 @@ of the project, ``pytest -m stepNN`` with the workspace's minilora first on the 
 
 ``tests_from`` grades with the tests and step table of a trusted checkout instead of the
 submitted ones. Command line: ``minilora exercises {list,make,grade,grade-all} ...``, also
-``python -m minilora.exercises ...`` (docs/teachers.md); both run ``exercises_main`` here.
+``python -m minilora.classroom.exercises ...`` (docs/teachers.md); both run ``exercises_main`` here.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from minilora.exercises import (_JUNK, STEPS, TEACHER_ONLY, SolutionMarkerError, Step, check_table,
+from minilora.classroom.exercises import (_JUNK, STEPS, TEACHER_ONLY, SolutionMarkerError, Step, check_table,
                                 get_step, make_student_workspace, step_tests, steps_table)
 
 
@@ -131,7 +131,7 @@ def _trusted_copy(ws: Path, tests_from: Path, dst: Path) -> Path:
     shutil.copytree(tests_from / "tests", dst / "tests", ignore=shutil.ignore_patterns(*_JUNK))
     for rel in TEACHER_ONLY:
         (dst / rel).unlink(missing_ok=True)
-    for rel in ("pyproject.toml", "minilora/exercises.py"):
+    for rel in ("pyproject.toml", "minilora/classroom/exercises.py"):
         shutil.copy2(tests_from / rel, dst / rel)
     return dst
 

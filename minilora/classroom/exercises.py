@@ -11,7 +11,7 @@ the spec tests that grade it. Everything else is derived from that one table:
     grade(workspace)             runs each step's tests on that copy and scores them (grading.py)
     grade_many(parent)           the same for a folder of submissions, one row per student
 
-Command line: ``python -m minilora.exercises {list,make,grade,grade-all} ...`` (docs/teachers.md);
+Command line: ``python -m minilora.classroom.exercises {list,make,grade,grade-all} ...`` (docs/teachers.md);
 its parser, exercises_main, lives in grading.py with the grading it runs.
 
 Adding a step: mark the function's body in the library and add a row to ``STEPS``. A row whose
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
-SOURCE_DIR = Path(__file__).resolve().parent.parent       # the checkout this package lives in
+SOURCE_DIR = Path(__file__).resolve().parents[2]         # the checkout this package lives in
 TEACHER_ONLY = ("tests/test_exercises.py",)                # checks the reference; not handed out
 _JUNK = ("__pycache__", "*.pyc", ".pytest_cache", "*.egg-info", ".ipynb_checkpoints")
 
@@ -39,7 +39,7 @@ class Step:
     """One exercise: the function(s) a student writes and the spec tests that grade them.
 
     number:   1, 2, ...: the pytest marker is ``step01``, the stub says "Step 1: <name>".
-    module:   the file, relative to the project root ("minilora/layers.py").
+    module:   the file, relative to the project root ("minilora/nn/layers.py").
     function: the function to write, or a tuple of functions written in the same step.
     tests:    {test file: test-name substrings}. A test grades the step when its function name
               contains one of them. Choose tests that call this step's function and no later
@@ -86,42 +86,42 @@ _ADAMW_TESTS = ("test_first_adamw_step", "test_adamw_matches_direct_reimplementa
                 "test_learning_rate_set_between_steps_is_used")
 
 STEPS: list[Step] = [
-    Step(1, "linear_backward", "minilora/layers.py", "linear_backward",
+    Step(1, "linear_backward", "minilora/nn/layers.py", "linear_backward",
          {"tests/test_layers.py": ("test_linear_backward_matches_numerical_gradient",
                                    "test_frozen_linear_computes_no_weight_gradient")},
          "chain rule through y = x W^T + b; a frozen W needs no dW"),
-    Step(2, "layernorm_backward", "minilora/layers.py", "layernorm_backward",
+    Step(2, "layernorm_backward", "minilora/nn/layers.py", "layernorm_backward",
          {"tests/test_layers.py": ("test_layernorm_backward_matches_numerical_gradient",)},
          "three paths through mean and variance collapse to one formula"),
-    Step(3, "cross_entropy_backward", "minilora/layers.py", "cross_entropy_backward",
+    Step(3, "cross_entropy_backward", "minilora/nn/layers.py", "cross_entropy_backward",
          {"tests/test_layers.py": ("test_cross_entropy_backward_matches_numerical_gradient",
                                    "test_cross_entropy_ignores_masked_positions")},
          "softmax minus one-hot, averaged over the masked positions"),
-    Step(4, "attention_backward", "minilora/attention.py", "attention_backward",
+    Step(4, "attention_backward", "minilora/nn/attention.py", "attention_backward",
          {"tests/test_attention.py": ("test_attention_backward_matches_numerical_gradient",)},
          "softmax Jacobian, causal mask, scaled dot products"),
-    Step(5, "adamw_update", "minilora/optim.py", "adamw_update",
+    Step(5, "adamw_update", "minilora/nn/optim.py", "adamw_update",
          {"tests/test_optim.py": _ADAMW_TESTS},
          "bias-corrected moments and decoupled weight decay"),
-    Step(6, "lora_forward", "minilora/lora.py", "lora_forward",
+    Step(6, "lora_forward", "minilora/adapters/lora.py", "lora_forward",
          {"tests/test_lora.py": ("test_lora_forward_matches_its_closed_form",),
           "tests/test_lora_model.py": ("test_lora_model_equals_base_model_at_init",
                                        "test_disable_adapter_gives_the_base_logits_exactly",
                                        "test_switching_adapters_gives_each_adapters_own_outputs")},
          "h = W0 x + (alpha / r) B A x without forming B A"),
-    Step(7, "lora_backward", "minilora/lora.py", "lora_backward",
+    Step(7, "lora_backward", "minilora/adapters/lora.py", "lora_backward",
          {"tests/test_lora.py": ("test_lora_backward_matches_numerical_gradient",
                                  "test_lora_backward_with_dropout_matches_numerical_gradient",
                                  "test_only_B_gets_a_gradient_at_init")},
          "gradients for A and B only; none for the frozen W0"),
-    Step(8, "merge", "minilora/lora.py", ("merge_weights", "unmerge_weights"),
+    Step(8, "merge", "minilora/adapters/lora.py", ("merge_weights", "unmerge_weights"),
          {"tests/test_lora.py": ("test_merge_then_unmerge_restores_w0_up_to_float32_rounding",
                                  "test_lora_forward_equals_linear_with_merged_weight"),
           "tests/test_lora_model.py": ("test_merged_forward_matches_unmerged_forward",
                                        "test_merge_then_unmerge_restores_the_base_logits",
                                        "test_merge_and_unload_gives_a_plain_model_with_the_same_outputs")},
          "W = W0 + (alpha / r) B A: no extra latency, and back"),
-    Step(9, "subspace_similarity", "minilora/analysis.py", ("subspace_similarity", "subspace_similarity_grid"),
+    Step(9, "subspace_similarity", "minilora/experiments/analysis.py", ("subspace_similarity", "subspace_similarity_grid"),
          {"tests/test_analysis.py": ("subspace_similarity",)},
          "overlap of the right singular subspaces of two adapters"),
 ]
@@ -232,7 +232,7 @@ def _step_of(region: Region, module: str | None, filename: str) -> Step:
             return step
     where = f"{region.function}()" if region.function else "module-level code"
     raise SolutionMarkerError(f"{filename}:{region.begin}: the solution region in {where} "
-                              f"has no row in minilora.exercises.STEPS")
+                              f"has no row in minilora.classroom.exercises.STEPS")
 
 
 def _stub_module(text: str, module: str) -> str:
@@ -326,9 +326,9 @@ and the docstring, which give every shape. The spec tests in `tests/` grade each
 ## Work on one step
 
     pytest -m step01 -x          # the tests of step 1, stop at the first failure
-    python -m minilora.exercises grade --steps 1    # your score for step 1 (no --steps: all steps)
+    python -m minilora.classroom.exercises grade --steps 1    # your score for step 1 (no --steps: all steps)
 
-Do the steps in order: a later step may call an earlier one. `minilora.gradcheck.check_layer`
+Do the steps in order: a later step may call an earlier one. `minilora.nn.gradcheck.check_layer`
 checks any backward pass of yours against central differences.
 
 ## Steps
@@ -394,7 +394,7 @@ def steps_table(root=SOURCE_DIR) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":      # python -m minilora.exercises: the command line is in grading.py
-    from minilora.grading import exercises_main
+if __name__ == "__main__":      # python -m minilora.classroom.exercises: the command line is in grading.py
+    from minilora.classroom.grading import exercises_main
 
     sys.exit(exercises_main())

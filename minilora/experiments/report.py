@@ -1,6 +1,6 @@
 """``minilora analyze``: every rank analysis of Hu et al. 2021, §7, on the shipped base, as one report.
 
-``run_analysis(out_dir, task, quick)`` trains the runs of ``minilora.sweeps`` (shared between the
+``run_analysis(out_dir, task, quick)`` trains the runs of ``minilora.experiments.sweeps`` (shared between the
 analyses), writes ``analysis.md`` with each of our numbers beside the paper's (LORA_NOTES §4-5),
 ``results.json`` with the plain numbers, and one PNG per analysis. For every finding of the paper
 the report says "held here" or "did not hold here", decided by the measured numbers with the
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from minilora import rank_choice, sweeps
-from minilora.analysis import energy_rank, spectrum
+from minilora.experiments import rank_choice, sweeps
+from minilora.experiments.analysis import energy_rank, spectrum
 
 # The paper's numbers (Hu et al. 2021; GPT-3 175B unless said), as LORA_NOTES §4-5 list them.
 PAPER_TABLE5 = {"wq r=8": (70.4, 91.0), "wk r=8": (70.0, 90.8), "wv r=8": (73.0, 91.0), "wo r=8": (73.2, 91.3),

@@ -1,6 +1,6 @@
 """Pretraining the small base model that LoRA later adapts, and loading the shipped copy.
 
-The base model learns a mix of character tasks (copy, reverse, sort; see ``minilora.tasks``).
+The base model learns a mix of character tasks (copy, reverse, sort; see ``minilora.data.tasks``).
 Downstream tasks (shift, rotate, palindrome) are related but new: that is the setting of
 Hu et al. 2021, §1, a pretrained model adapted to tasks it was not trained on.
 
@@ -12,12 +12,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from minilora.data import make_dataset, make_mixture
-from minilora.tasks import PRETRAIN_TASKS, CharTokenizer, default_tokenizer
-from minilora.model import GPT, GPTConfig, load_model, save_model
-from minilora.train import TrainConfig, evaluate, train
+from minilora.data.datasets import make_dataset, make_mixture
+from minilora.data.tasks import PRETRAIN_TASKS, CharTokenizer, default_tokenizer
+from minilora.nn.model import GPT, GPTConfig, load_model, save_model
+from minilora.experiments.train import TrainConfig, evaluate, train
 
-SHIPPED_BASE = Path(__file__).parent / "checkpoints" / "base"
+SHIPPED_BASE = Path(__file__).resolve().parents[1] / "checkpoints" / "base"
 BLOCK_SIZE = 24          # T: the longest task example ("srt:" + 8 + "=" + 8 + ".") is 22 tokens
 
 

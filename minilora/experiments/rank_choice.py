@@ -1,6 +1,6 @@
 """Choosing an adapter's rank and initialisation: the experiments beyond the paper's §7 tables.
 
-Each experiment fine-tunes through a ``minilora.sweeps.Lab`` (a base, one downstream task's data,
+Each experiment fine-tunes through a ``minilora.experiments.sweeps.Lab`` (a base, one downstream task's data,
 every run cached) and returns plain data (lists, dicts, NumPy arrays); the first two have a
 ``plot_*`` function that saves a PNG.
 
@@ -18,15 +18,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minilora import analysis
-from minilora.backend import to_numpy
-from minilora.data import iterate_batches
-from minilora.finetune import prepare
-from minilora.lora import TARGETS, LoRAConfig
-from minilora.model import BLOCK_LINEARS
-from minilora.pretrain import load_base
-from minilora.sweeps import Lab, SweepConfig, rank_sweep, save_plot, targets_label
-from minilora.train import evaluate, loss_and_grads, to_backend
+from minilora.experiments import analysis
+from minilora.nn.backend import to_numpy
+from minilora.data.datasets import iterate_batches
+from minilora.experiments.finetune import prepare
+from minilora.adapters.lora import TARGETS, LoraConfig
+from minilora.nn.model import BLOCK_LINEARS
+from minilora.experiments.pretrain import load_base
+from minilora.experiments.sweeps import Lab, SweepConfig, rank_sweep, save_plot, targets_label
+from minilora.experiments.train import evaluate, loss_and_grads, to_backend
 
 
 # --------------------------------------------------------------------------- 1. full fine-tuning spectra
@@ -68,7 +68,7 @@ def plot_spectra(spectra: dict, path):
 
 
 # --------------------------------------------------------------------------- 2. initialisation (§4.1)
-def step0_gradients(base, train_data, lora_config: LoRAConfig, *, batch_size: int = 32, seed: int = 0) -> dict:
+def step0_gradients(base, train_data, lora_config: LoraConfig, *, batch_size: int = 32, seed: int = 0) -> dict:
     """The gradients of A and B on the first batch of a fresh adapter, reduced to exact facts.
 
     B = 0 (gaussian, kaiming): du = s dh B = 0, so dA = du^T x = 0 exactly and only B moves.

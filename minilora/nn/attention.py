@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import math
 
-from minilora.backend import xp
-from minilora.layers import sum_last
+from minilora.nn.backend import xp
+from minilora.nn.layers import sum_last
 
 
 def split_heads(x, n_head: int):

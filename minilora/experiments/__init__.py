@@ -1,0 +1,1 @@
+"""Experiments: the training loop, pretraining, fine-tuning, the rank analyses, reports and the demo."""
