@@ -39,7 +39,8 @@ import numpy as np  # noqa: E402
 import common  # noqa: E402
 from minilora.nn import backend  # noqa: E402
 from minilora.adapters.bottleneck import AdapterConfig, AdapterModel, expected_trainable_count  # noqa: E402
-from minilora.adapters.lora import LoraConfig  # noqa: E402
+from minilora.adapters.config import LoraConfig  # noqa: E402
+from minilora.fast import FAST, memory  # noqa: E402
 from minilora.adapters.lora_model import LoraModel  # noqa: E402
 from minilora.nn.model import GPT, GPTConfig, init_params  # noqa: E402
 from minilora.experiments.pretrain import base_config  # noqa: E402
@@ -124,6 +125,8 @@ def build_variants(config: GPTConfig, *, seed: int = 0) -> tuple[dict, dict]:
     base.freeze()
     models = {"base": base, "lora_merged": merged, "lora_unmerged": unmerged,
               "adapter_h": adapter_h, "adapter_l": adapter_l}
+    for model in models.values():                  # the kernels the training loop and evaluation use
+        model.kernels = FAST
     facts = {"base": {"trainable": 0}, "lora_merged": {"trainable": n_lora, "r": LORA_R},
              "lora_unmerged": {"trainable": n_lora, "r": LORA_R},
              "adapter_h": {"trainable": adapter_h.num_params(True), "m": m_h},
@@ -185,7 +188,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     backend.set_backend(args.backend)
-    backend.keep_freed_memory()   # as training does: no fresh pages (and page faults) on every forward pass
+    memory.keep_freed_memory()    # as training does: no fresh pages (and page faults) on every forward pass
     shapes = [tuple(int(n) for n in s.split("x")) for s in args.shapes.split(",")]
     config = GPTConfig(vocab_size=args.vocab_size, block_size=max(T for _, T in shapes), n_layer=args.n_layer,
                        n_head=args.n_head, n_embd=args.n_embd)

@@ -4,7 +4,7 @@
     python benchmarks/bench_scaling.py --steps 25      # steadier medians
     python benchmarks/bench_scaling.py --sweeps rank   # one sweep
     python benchmarks/bench_scaling.py --backend cupy  # on a GPU
-    python benchmarks/bench_scaling.py --workers 2     # the batch shared by 2 threads (minilora.experiments.step)
+    python benchmarks/bench_scaling.py --workers 2     # the batch shared by 2 threads (minilora.fast.parallel)
 
 A step is forward, masked cross-entropy, backward and an AdamW step (as in bench_train.py): full
 fine-tuning trains every parameter; LoRA (Hu et al. 2021, §4) trains r on wq, wv only, so the
@@ -35,11 +35,13 @@ import common  # noqa: E402
 from bench_latency import interleaved_times  # noqa: E402
 from bench_train import random_batch  # noqa: E402
 from minilora.nn import backend  # noqa: E402
-from minilora.adapters.lora import LoraConfig  # noqa: E402
+from minilora.adapters.config import LoraConfig  # noqa: E402
 from minilora.adapters.lora_model import LoraModel  # noqa: E402
 from minilora.nn.model import GPT, GPTConfig, init_params  # noqa: E402
 from minilora.nn.optim import AdamW  # noqa: E402
-from minilora.experiments.train import loss_and_grads, to_backend  # noqa: E402
+from minilora.experiments.train import to_backend  # noqa: E402
+from minilora.fast import FAST, memory  # noqa: E402
+from minilora.fast.parallel import loss_and_grads  # noqa: E402
 
 # Shapes: B batch, T time, C channels, L layers, NH heads, V vocabulary, r LoRA rank.
 REFERENCE = dict(vocab_size=64, n_layer=4, n_head=4, n_embd=128, T=64, B=8, r=8)
@@ -55,6 +57,8 @@ def step_fn(config: GPTConfig, batch: dict, *, r: int | None, seed: int, workers
     model = GPT(config, init_params(config, seed=seed))
     if r is not None:
         model = LoraModel(model, LoraConfig(r=r, lora_alpha=r, target_modules=LORA_TARGETS))
+    memory.keep_freed_memory()               # as the training loop does (TrainConfig.fast)
+    model.kernels = FAST
     opt = AdamW(lr=LR, weight_decay=WEIGHT_DECAY)
 
     def step():

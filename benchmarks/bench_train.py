@@ -9,7 +9,7 @@
 A step is: forward, masked cross-entropy over every position, backward, AdamW step, all
 parameters trainable (in the LoRA rows: only the adapters). minilora is timed on one thread
 (BLAS still uses every core for matrix products) and with the batch shared by several worker
-threads (``minilora.experiments.step``: data parallelism, one single-threaded BLAS per worker; by default
+threads (``minilora.fast.parallel``: data parallelism, one single-threaded BLAS per worker; by default
 one worker per core). Tokens are random: speed does not depend
 on what the tokens say. Each measurement runs in a fresh child process, so its peak-memory
 growth is its own and one framework's thread pools cannot slow the other.
@@ -41,11 +41,13 @@ import numpy as np  # noqa: E402
 import common  # noqa: E402
 from bench_latency import interleaved_times  # noqa: E402
 from minilora.nn import backend  # noqa: E402
-from minilora.adapters.lora import LoraConfig  # noqa: E402
+from minilora.adapters.config import LoraConfig  # noqa: E402
 from minilora.adapters.lora_model import LoraModel  # noqa: E402
 from minilora.nn.model import GPT, GPTConfig, init_params  # noqa: E402
 from minilora.nn.optim import AdamW  # noqa: E402
-from minilora.experiments.train import loss_and_grads, to_backend  # noqa: E402
+from minilora.experiments.train import to_backend  # noqa: E402
+from minilora.fast import FAST, memory  # noqa: E402
+from minilora.fast.parallel import loss_and_grads  # noqa: E402
 
 # Shapes: B batch, T time, C = n_embd, V vocabulary, L layers, NH heads.
 CONFIGS = {
@@ -77,6 +79,13 @@ def attach_lora(model: GPT) -> LoraModel:
     return LoraModel(model, LoraConfig(r=LORA_R, target_modules=LORA_TARGETS))
 
 
+def as_trained(model):
+    """What ``minilora.experiments.train`` switches on (TrainConfig.fast): fast kernels, freed memory kept."""
+    memory.keep_freed_memory()
+    model.kernels = FAST
+    return model
+
+
 def matmul_probe(config: GPTConfig, B: int, T: int, xp=np, sync=None) -> dict:
     """float32 GFLOP/s of (B T, C) @ (C, 4C) and of 1024 x 1024 x 1024, on ``xp``."""
     C = config.n_embd
@@ -94,6 +103,7 @@ def measure_minilora(name: str, *, backend_name: str, lora: bool, workers: int, 
     model = GPT(config, seed=seed)
     if lora:
         model = attach_lora(model)
+    as_trained(model)
     opt = AdamW(lr=LR, weight_decay=WEIGHT_DECAY)
     batch = to_backend(random_batch(config, B, T, seed))
 
@@ -125,7 +135,7 @@ def measure_lora_ratio(name: str, *, backend_name: str, workers: int, rounds: in
     steps = {}
     for method in ("full", "lora"):
         model = GPT(config, seed=seed)
-        model = attach_lora(model) if method == "lora" else model
+        model = as_trained(attach_lora(model) if method == "lora" else model)
         opt = AdamW(lr=LR, weight_decay=WEIGHT_DECAY)
         steps[method] = lambda model=model, opt=opt: opt.step(model.params,
                                                               loss_and_grads(model, batch, workers=workers)[1])

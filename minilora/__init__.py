@@ -12,7 +12,7 @@ fine-tuning, analyses, reports), ``minilora.classroom`` (exercises and grading).
 __version__ = "0.1.0"
 
 from minilora.adapters.bottleneck import AdapterConfig, AdapterModel
-from minilora.adapters.lora import LoraConfig
+from minilora.adapters.config import LoraConfig
 from minilora.adapters.lora_model import LoraModel
 from minilora.data.datasets import make_dataset, make_splits
 from minilora.data.tasks import default_tokenizer
@@ -21,7 +21,8 @@ from minilora.experiments.pretrain import load_base, pretrain
 from minilora.experiments.train import TrainConfig, evaluate, train
 from minilora.nn import backend
 from minilora.nn.backend import set_backend
-from minilora.nn.model import GPT, GPTConfig, load_model, save_model
+from minilora.nn.checkpoint import load_model, save_model
+from minilora.nn.model import GPT, GPTConfig
 
 __all__ = ["AdapterConfig", "AdapterModel", "GPT", "GPTConfig", "LoraConfig", "LoraModel", "TrainConfig",
            "backend", "default_tokenizer", "evaluate", "finetune", "load_base", "load_model", "make_dataset",

@@ -40,11 +40,12 @@ def _add_finetune(sub):
     p.add_argument("--text", default=None, help="fine-tune on this plain-text file instead")
     p.add_argument("--method", default="lora", choices=["lora", "full"])
     p.add_argument("--base", default=None, help="base model folder (default: the shipped base)")
-    p.add_argument("--r", type=int, default=4, help="LoRA rank")
-    p.add_argument("--alpha", type=float, default=None, help="lora_alpha (default 2r)")
-    p.add_argument("--targets", default="wq,wk,wv,wo", help="comma-separated target modules: wq,wk,wv,wo,fc,proj")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--r", type=int, default=None, help="LoRA rank (default: the library's, see below)")
+    p.add_argument("--alpha", type=float, default=None,
+                   help="lora_alpha (default: the library's; kept fixed when only --r changes, as Hu et al. 2021 §4.1)")
+    p.add_argument("--targets", default=None, help="comma-separated target modules: wq,wk,wv,wo,fc,proj")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the library's recipe)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the library's recipe)")
     p.add_argument("--n-train", type=int, default=4000, help="generated training examples")
     p.add_argument("--n-test", type=int, default=500, help="held-out examples for the accuracy")
     p.add_argument("--seed", type=int, default=0)
@@ -53,19 +54,21 @@ def _add_finetune(sub):
 
 
 def _finetune(args):
+    """Defaults come from minilora.experiments.finetune (default_lora_config, default_train_config)."""
+    import dataclasses
+
     from minilora.data.tasks import get_task
-    from minilora.experiments.finetune import default_train_config, finetune
-    from minilora.adapters.lora import LoraConfig
-    from minilora.nn.model import save_model
+    from minilora.experiments.finetune import default_lora_config, default_train_config, finetune
     from minilora.experiments.pretrain import load_base
+    from minilora.nn.checkpoint import save_model
 
     base = load_base(args.base)[0]
     kind = "generation" if args.text else get_task(args.task).kind
-    lora = LoraConfig(r=args.r, lora_alpha=args.alpha or 2 * args.r, target_modules=tuple(args.targets.split(",")),
-                      modules_to_save=("head",) if kind == "classification" else ())
-    tc = default_train_config(args.method)
-    tc.steps = args.steps or tc.steps
-    tc.lr = args.lr or tc.lr
+    given = {"r": args.r, "lora_alpha": args.alpha,
+             "target_modules": tuple(args.targets.split(",")) if args.targets is not None else None}
+    lora = dataclasses.replace(default_lora_config(kind), **{k: v for k, v in given.items() if v is not None})
+    given = {"steps": args.steps, "lr": args.lr, "seed": args.seed}
+    tc = dataclasses.replace(default_train_config(args.method), **{k: v for k, v in given.items() if v is not None})
     res = finetune(args.task, args.method, base=base, lora_config=lora, train_config=tc, seed=args.seed,
                    text_file=args.text, n_train=args.n_train, n_test=args.n_test)
     print(f"{res.method} on {res.task}: accuracy {100 * res.accuracy:.2f}%, loss {res.loss:.4f}, "
@@ -89,7 +92,7 @@ def _add_merge(sub):
 def _merge(args):
     from minilora import io
     from minilora.adapters.lora_model import LoraModel
-    from minilora.nn.model import save_model
+    from minilora.nn.checkpoint import save_model
     from minilora.experiments.pretrain import load_base
 
     base, tok = load_base(args.base)

@@ -4,7 +4,7 @@ Tensors are stored with ``safetensors`` (a JSON header followed by raw little-en
 loading a file never runs code from it: minilora has no pickle anywhere. JSON holds everything
 else (adapter_config.json, training settings, metrics).
 
-Every write goes to a temporary file in the target's directory, is flushed and fsync'ed, and
+Every write (tensors, JSON, text, figures) goes to a temporary file in the target's directory, is flushed and fsync'ed, and
 then renamed over the target with ``os.replace``. A crash or an exception part way through
 leaves the previous file as it was; a reader never sees half a file.
 
@@ -80,7 +80,31 @@ def atomic_write_bytes(path, data: bytes) -> None:
         raise
 
 
-# --------------------------------------------------------------------------- JSON
+# --------------------------------------------------------------------------- text, JSON and figures
+def write_text(path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically: reports and notes are never half-written."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_figure(fig, path, *, tight: bool = True, dpi: int = 110) -> Path:
+    """Save a matplotlib figure as a PNG atomically (making folders) and close it.
+
+    The one helper every plot of minilora goes through. ``tight=False`` for figures that use
+    constrained layout.
+    """
+    import io as _bytes_io
+
+    import matplotlib.pyplot as plt
+
+    if tight:
+        fig.tight_layout()
+    buffer = _bytes_io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
 def write_json(path, obj) -> None:
     """Write ``obj`` as JSON (indent 2, sorted keys, trailing newline), atomically."""
     text = json.dumps(obj, indent=2, sort_keys=True) + "\n"

@@ -10,12 +10,14 @@ from minilora.adapters.bottleneck import (AdapterConfig, AdapterModel, adapter_b
 from minilora.data.datasets import make_dataset
 from minilora.nn.gradcheck import check_gradient, check_layer
 from minilora.nn.layers import cross_entropy_forward
-from minilora.adapters.lora import LoraConfig
+from minilora.adapters.config import LoraConfig
 from minilora.adapters.lora_model import LoraModel
-from minilora.nn.model import GPT, base_params, param_shapes
+from minilora.nn.checkpoint import base_params
+from minilora.nn.model import GPT, param_shapes
 from minilora.nn.optim import AdamW
 from minilora.experiments.pretrain import load_base
-from minilora.experiments.train import TrainConfig, loss_and_grads, train
+from minilora.experiments.train import TrainConfig, train
+from minilora.nn.loss import loss_and_grads
 
 from helpers import TINY_LORA_BASE, adapted_model_and_base_logits, lm_batch, randomize, tiny_float64_base
 
@@ -103,8 +105,8 @@ def test_only_adapters_train_and_base_weights_stay_bit_identical(rng):
     assert set(opt.state) == am.trainable, f"expected state for {len(am.trainable)} tensors, got {len(opt.state)}"
     changed = [k for k, v in frozen.items() if not np.array_equal(am.params[k], v)]
     assert not changed, f"expected no base weight to change, got changes in {changed[:4]}"
-    moved = float(np.abs(am.params["blocks.0.attn.wo.adapter_down.weight"]).max())
-    assert np.abs(am.params["blocks.1.mlp.proj.adapter_up.weight"]).max() > 0 and moved > 0
+    moved = float(np.abs(am.params[am.param_name("blocks.0.attn.wo.adapter_down.weight")]).max())
+    assert np.abs(am.params[am.param_name("blocks.1.mlp.proj.adapter_up.weight")]).max() > 0 and moved > 0
 
 
 @pytest.mark.parametrize("variant, per_block", [("houlsby", 2), ("lin", 1)])
@@ -119,21 +121,24 @@ def test_trainable_count_matches_the_formula(variant, per_block):
 
 
 def test_adapter_parameters_are_named_per_layer_and_excluded_from_base_params():
-    """Names are blocks.{i}.attn.wo.adapter_down.weight etc.; base_params drops them all."""
+    """File keys are blocks.{i}.attn.wo.adapter_down.weight etc. (params add the adapter's name); base_params drops them."""
     am = AdapterModel(tiny_float64_base(), AdapterConfig(variant="houlsby", bottleneck=2))
-    assert "blocks.1.attn.wo.adapter_down.weight" in am.params and "blocks.0.mlp.proj.adapter_up.bias" in am.params
-    assert am.params["blocks.0.attn.wo.adapter_up.weight"].shape == (16, 2), "W_up must be stored (C, m)"
+    keys = set(am.adapter_state())
+    assert {"blocks.1.attn.wo.adapter_down.weight", "blocks.0.mlp.proj.adapter_up.bias"} <= keys, sorted(keys)[:4]
+    assert "blocks.1.attn.wo.adapter_down.weight.default" in am.params
+    assert am.adapter_state()["blocks.0.attn.wo.adapter_up.weight"].shape == (16, 2), "W_up must be stored (C, m)"
     kept, plain = set(base_params(am.model)), set(param_shapes(TINY_LORA_BASE))
     assert kept == plain, f"expected the plain GPT's names, got these extra or missing: {sorted(kept ^ plain)[:4]}"
 
 
 def test_modules_to_save_trains_the_classification_head(rng):
-    """modules_to_save=('head',) adds the head to the trainable set; an unknown module is an error."""
+    """modules_to_save=('head',) trains the adapter's copy of the head; an unknown module is an error."""
     base = tiny_float64_base()
     base.add_classification_head(3)
     am = AdapterModel(base, AdapterConfig(variant="lin", bottleneck=2, modules_to_save=("head",)))
-    assert {"head.weight", "head.bias"} <= am.trainable, f"expected the head to train, got {sorted(am.trainable)[-3:]}"
-    with pytest.raises(ValueError, match="matches no parameter"):
+    head = {am.param_name("head.weight"), am.param_name("head.bias")}
+    assert head <= am.trainable, f"expected the head to train, got {sorted(am.trainable)[-3:]}"
+    with pytest.raises(ValueError, match="matches no linear module"):
         AdapterModel(tiny_float64_base(), AdapterConfig(modules_to_save=("nothing",)))
 
 
@@ -146,10 +151,10 @@ def test_bad_variant_or_bottleneck_is_a_clear_error():
             AdapterConfig(bottleneck=m)
 
 
-def test_adapters_refuse_a_layer_that_another_hook_already_wraps():
-    """A LoRA adapter on attn.wo and an AdapterH on the same layer would overwrite each other: refused."""
+def test_a_second_wrapper_on_an_adapted_model_is_refused():
+    """A LoRA adapter on attn.wo and an AdapterH wrapping the same GPT would overwrite each other: refused."""
     lm = LoraModel(tiny_float64_base(), LoraConfig(r=2, target_modules=["wo"]))
-    with pytest.raises(ValueError, match="already run through another hook"):
+    with pytest.raises(ValueError, match="already carries adapters"):
         AdapterModel(lm.model, AdapterConfig(variant="houlsby"))
 
 
@@ -157,7 +162,7 @@ def test_training_an_unfrozen_wrapped_base_layer_is_refused(rng):
     """The hook computes no dW0; unfreezing attn.wo under an adapter raises instead of silently not training it."""
     am = AdapterModel(tiny_float64_base(), AdapterConfig(bottleneck=2))
     am.model.unfreeze(["blocks.0.attn.wo.weight"])
-    with pytest.raises(RuntimeError, match="stay frozen"):
+    with pytest.raises(RuntimeError, match="stays frozen"):
         loss_and_grads(am, lm_batch(rng))
 
 
@@ -168,7 +173,8 @@ def test_unload_returns_the_plain_base_model(rng):
     assert not np.allclose(am.forward(idx)[0], before), "expected random adapters to change the logits"
     plain = am.unload()
     after, _ = plain.forward(idx)
-    assert not plain.linear_hooks and set(plain.params) == set(param_shapes(TINY_LORA_BASE)) and not plain.trainable
+    assert all(s.kind == "linear" for s in plain.linears.values()), "no adapter layer may be left"
+    assert set(plain.params) == set(param_shapes(TINY_LORA_BASE)) and not plain.trainable
     assert np.array_equal(after, before), f"expected the base logits, max diff {np.abs(after - before).max():.2e}"
 
 

@@ -10,7 +10,7 @@ import pytest
 from minilora.experiments.analysis import (amplification, effective_rank, energy_rank, lora_delta, lora_factors,
                                random_baseline, right_singular_basis, spectrum, subspace_similarity,
                                subspace_similarity_grid)
-from minilora.adapters.lora import LoraConfig
+from minilora.adapters.config import LoraConfig
 from minilora.adapters.lora_model import LoraModel
 from minilora.nn.model import GPT, GPTConfig
 
@@ -260,7 +260,7 @@ def test_lora_delta_is_scale_times_B_A_of_the_named_module():
     gpt = GPT(GPTConfig(vocab_size=11, block_size=6, n_layer=2, n_head=2, n_embd=8), seed=0)
     lm = LoraModel(gpt, LoraConfig(r=2, lora_alpha=6, target_modules=("wq",)))
     gen = np.random.default_rng(0)
-    lm.params["blocks.1.attn.wq.lora_B.default"][...] = gen.standard_normal((8, 2))
+    lm.params[lm.param_name("blocks.1.attn.wq.lora_B.weight")][...] = gen.standard_normal((8, 2))
     A, B_, s = lora_factors(lm, "blocks.1.attn.wq")
     dW = lora_delta(lm, "blocks.1.attn.wq")
     assert s == 3.0, f"expected scale 6 / 2 = 3, got {s}"

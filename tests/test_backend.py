@@ -75,10 +75,10 @@ def test_seeded_generator_gives_the_same_numbers_twice():
 @needs_gpu
 def test_cupy_forward_and_backward_match_numpy():
     """The same model on CuPy gives NumPy's logits and gradients at float32 tolerance."""
-    from minilora.adapters.lora import LoraConfig
+    from minilora.adapters.config import LoraConfig
     from minilora.adapters.lora_model import LoraModel
     from minilora.nn.model import GPT, GPTConfig
-    from minilora.experiments.train import loss_and_grads
+    from minilora.nn.loss import loss_and_grads
 
     cfg = GPTConfig(vocab_size=32, block_size=16, n_layer=2, n_head=2, n_embd=32)
     rng = np.random.default_rng(0)

@@ -5,7 +5,7 @@ import pytest
 from minilora import io
 from minilora.cli import main
 from minilora.adapters.lora_model import LoraModel
-from minilora.nn.model import load_model
+from minilora.nn.checkpoint import load_model
 from minilora.experiments.pretrain import load_base
 
 

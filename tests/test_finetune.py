@@ -4,7 +4,7 @@ import pytest
 
 from minilora.data.datasets import make_dataset
 from minilora.experiments.finetune import finetune, prepare
-from minilora.adapters.lora import LoraConfig
+from minilora.adapters.config import LoraConfig
 from minilora.adapters.lora_model import LoraModel
 from minilora.nn.model import GPT
 from minilora.experiments.pretrain import base_config
@@ -59,7 +59,7 @@ def test_classification_lora_trains_a_new_head_fully():
     """For a classification task the head is in modules_to_save: trainable next to A and B."""
     data = make_dataset("palindrome", 8, seed=0, block_size=24)
     model = prepare(GPT(BASE), "lora", data)
-    assert isinstance(model, LoraModel) and {"head.weight", "head.bias"} <= model.trainable
+    assert isinstance(model, LoraModel) and {model.param_name("head.weight"), model.param_name("head.bias")} <= model.trainable
 
 
 def test_classification_without_head_in_modules_to_save_is_an_error():

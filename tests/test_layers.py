@@ -5,8 +5,7 @@ import pytest
 from minilora.nn.gradcheck import check_layer
 from minilora.nn.layers import (cross_entropy_backward, cross_entropy_forward, embedding_backward,
                              embedding_forward, gelu_backward, gelu_forward, layernorm_backward,
-                             layernorm_forward, linear_backward, linear_forward, log_softmax, mean_last,
-                             sum_last)
+                             layernorm_forward, linear_backward, linear_forward, log_softmax)
 
 B, T, C, D = 2, 3, 5, 4
 
@@ -63,14 +62,6 @@ def test_frozen_layernorm_computes_no_parameter_gradient(rng):
     dx, dgamma, dbeta = layernorm_backward(dy, cache, param_grads=False)
     assert dgamma is None and dbeta is None
     assert np.allclose(dx, layernorm_backward(dy, cache)[0], rtol=0, atol=1e-15)
-
-
-@pytest.mark.parametrize("shape", [(7,), (3, 5), (2, 3, 4, 6)])
-def test_row_sums_and_means_equal_numpy_reductions_over_the_last_axis(shape, rng):
-    x = rng.standard_normal(shape)
-    assert sum_last(x).shape == shape[:-1] + (1,)
-    assert np.allclose(sum_last(x), x.sum(axis=-1, keepdims=True), rtol=1e-13, atol=1e-13)
-    assert np.allclose(mean_last(x[..., ::2]), x[..., ::2].mean(axis=-1, keepdims=True), rtol=1e-13, atol=1e-13)
 
 
 def test_layernorm_output_has_zero_mean_unit_variance(rng):

@@ -4,8 +4,8 @@ import pytest
 
 from minilora.nn.gradcheck import check_layer
 from minilora.nn.layers import linear_forward
-from minilora.adapters.lora import (LoraConfig, expected_trainable_count, init_lora_pair, lora_backward, lora_forward,
-                           lora_param_count, merge_weights, unmerge_weights)
+from minilora.adapters.config import LoraConfig, expected_trainable_count, lora_param_count
+from minilora.adapters.lora import init_lora_pair, lora_backward, lora_forward, merge_weights, unmerge_weights
 from minilora.adapters.lora_model import LoraModel
 
 from helpers import tiny_float64_base
@@ -80,8 +80,8 @@ def test_peft_gaussian_init_has_std_one_over_r():
 
 def test_adapters_of_different_rank_start_from_unrelated_A():
     """An r = 2 A is not the first rows of an r = 8 A: subspace comparisons start at chance, not at 1."""
-    small = LoraModel(tiny_float64_base(), LoraConfig(r=2)).params["blocks.0.attn.wq.lora_A.default"]
-    large = LoraModel(tiny_float64_base(), LoraConfig(r=8)).params["blocks.0.attn.wq.lora_A.default"]
+    small = LoraModel(tiny_float64_base(), LoraConfig(r=2)).params["blocks.0.attn.wq.lora_A.weight.default"]
+    large = LoraModel(tiny_float64_base(), LoraConfig(r=8)).params["blocks.0.attn.wq.lora_A.weight.default"]
     assert not np.allclose(small, large[:2])
 
 
@@ -133,7 +133,7 @@ def test_rank_and_alpha_patterns_set_per_module_rank_and_scale():
     mods = lm.modules["default"]
     assert mods["blocks.0.attn.wv"] == (2, 4.0) and mods["blocks.0.attn.wq"] == (4, 2.0)
     assert mods["blocks.1.attn.wq"] == (4, 0.5)
-    assert lm.params["blocks.0.attn.wv.lora_A.default"].shape == (2, 16)
+    assert lm.params["blocks.0.attn.wv.lora_A.weight.default"].shape == (2, 16)
 
 
 def test_trainable_count_is_2_Lhat_d_r():
@@ -159,6 +159,9 @@ def test_everything_but_the_adapter_is_frozen():
 
 
 def test_bias_all_trains_every_linear_bias():
-    """bias='all' adds the biases of every linear layer to the trainable set."""
+    """bias='all' trains the adapter's own copy of every linear layer's bias, and the layer reads that copy."""
     lm = LoraModel(tiny_float64_base(), LoraConfig(target_modules=["wq"], bias="all"))
-    assert "blocks.1.mlp.proj.bias" in lm.trainable and "blocks.1.mlp.proj.weight" not in lm.trainable
+    copy = lm.param_name("blocks.1.mlp.proj.bias")
+    assert copy in lm.trainable and "blocks.1.mlp.proj.weight" not in lm.trainable
+    assert "blocks.1.mlp.proj.bias" not in lm.trainable, "the base bias stays frozen; the adapter trains a copy"
+    assert lm.model.linears["blocks.1.mlp.proj"].tensors["bias"] == copy

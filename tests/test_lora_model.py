@@ -4,11 +4,11 @@ import pytest
 
 from minilora import io
 from minilora.nn.layers import cross_entropy_forward
-from minilora.adapters.lora import LoraConfig
+from minilora.adapters.config import LoraConfig
 from minilora.adapters.lora_model import LoraModel
 from minilora.nn.model import GPT
 from minilora.nn.optim import AdamW
-from minilora.experiments.train import loss_and_grads
+from minilora.nn.loss import loss_and_grads
 
 from helpers import TINY_LORA_BASE, adapted_model_and_base_logits, lm_batch, randomize, tiny_float64_base
 
@@ -69,7 +69,7 @@ def test_frozen_weights_are_bit_identical_after_training(rng):
         _, grads = loss_and_grads(lm, lm_batch(rng))
         opt.step(lm.params, grads)
     assert all(np.array_equal(lm.params[k], v) for k, v in frozen.items())
-    assert np.abs(lm.params["blocks.0.attn.wq.lora_B.default"]).max() > 0
+    assert np.abs(lm.params[lm.param_name("blocks.0.attn.wq.lora_B.weight")]).max() > 0
 
 
 def test_merged_forward_matches_unmerged_forward(rng):
@@ -79,7 +79,7 @@ def test_merged_forward_matches_unmerged_forward(rng):
     idx = rng.integers(0, 13, (2, 8))
     unmerged, _ = lm.forward(idx)
     lm.merge_adapter()
-    assert not lm.model.linear_hooks, "a merged model must run plain linear layers"
+    assert all(s.kind == "linear" for s in lm.model.linears.values()), "a merged model must run plain linear layers"
     merged, _ = lm.forward(idx)
     assert np.allclose(merged, unmerged, rtol=1e-5, atol=1e-5), np.abs(merged - unmerged).max()
 
@@ -109,9 +109,9 @@ def test_merging_twice_unmerging_unmerged_and_training_merged_are_errors(rng):
 
 
 def test_safe_merge_refuses_non_finite_weights_and_changes_nothing(rng):
-    """A NaN in B makes safe_merge raise and leaves W0 untouched."""
+    """A NaN in B makes the merge raise (safe_merge, on by default) and leaves W0 untouched."""
     lm = LoraModel(tiny_float64_base(), LoraConfig(r=2))
-    lm.params["blocks.1.attn.wv.lora_B.default"][0, 0] = np.nan
+    lm.params[lm.param_name("blocks.1.attn.wv.lora_B.weight")][0, 0] = np.nan
     w0 = {k: lm.params[k].copy() for k in ("blocks.0.attn.wq.weight", "blocks.1.attn.wv.weight")}
     with pytest.raises(ValueError, match="NaN or inf"):
         lm.merge_adapter(safe_merge=True)
@@ -125,7 +125,8 @@ def test_merge_and_unload_gives_a_plain_model_with_the_same_outputs(rng):
     idx = rng.integers(0, 13, (2, 5))
     expected, _ = lm.forward(idx)
     plain = lm.merge_and_unload()
-    assert not any(".lora_" in k for k in plain.params) and not plain.linear_hooks
+    assert set(plain.params) == set(plain.own_param_names()), "no adapter tensor may be left in a plain model"
+    assert all(s.kind == "linear" for s in plain.linears.values())
     assert np.allclose(plain.forward(idx)[0], expected, atol=1e-10)
 
 
@@ -153,16 +154,22 @@ def test_switching_adapters_gives_each_adapters_own_outputs(rng):
 
 
 def test_adapters_keep_their_own_classification_heads(rng):
-    """modules_to_save gives each adapter its own trained copy of the head."""
+    """modules_to_save gives each adapter its own trained copy of the head; the base head stays as it was."""
     base = tiny_float64_base()
     base.add_classification_head(3)
+    base_head = base.params["head.weight"].copy()
     lm = LoraModel(base, LoraConfig(r=2, modules_to_save=["head"]), adapter_name="a")
-    lm.params["head.weight"] += 1.0
+    step = rng.standard_normal(base_head.shape)
+    lm.params[lm.param_name("head.weight")] += step          # "training" adapter a's head
     lm.add_adapter("b", LoraConfig(r=2, modules_to_save=["head"]))
-    assert "head.weight" in lm.trainable
-    b_head = lm.params["head.weight"].copy()
+    assert {"head.weight.b", "head.bias.b"} <= lm.trainable and "head.weight" not in lm.trainable
+    idx, last = rng.integers(0, 13, (2, 6)), np.array([5, 2])
+    out_b, _ = lm.classify(idx, last)
     lm.set_adapter("a")
-    assert np.allclose(lm.params["head.weight"] - b_head, 1.0)
+    out_a, _ = lm.classify(idx, last)
+    assert not np.allclose(out_a, out_b), "adapter a must read its own head"
+    assert np.allclose(lm.params["head.weight.a"] - lm.params["head.weight.b"], step)
+    assert np.array_equal(lm.params["head.weight"], base_head), "the base head must not move"
 
 
 # --------------------------------------------------------------------------- files
@@ -172,7 +179,7 @@ def test_adapter_save_load_round_trip(tmp_path, rng):
     base.add_classification_head(2)
     lm = LoraModel(base, LoraConfig(r=2, modules_to_save=["head"]), adapter_name="task")
     randomize(lm, ".lora_B.", rng)
-    lm.params["head.bias"][:] = [0.5, -0.5]
+    lm.params[lm.param_name("head.bias")][:] = [0.5, -0.5]
     idx, last = rng.integers(0, 13, (2, 6)), np.array([5, 2])
     expected, _ = lm.classify(idx, last)
     lm.save_adapter(tmp_path / "ad")

@@ -5,7 +5,8 @@ import pytest
 from minilora import io
 from minilora.nn.gradcheck import check_gradient
 from minilora.nn.layers import cross_entropy_backward, cross_entropy_forward
-from minilora.nn.model import GPT, GPTConfig, load_model, param_shapes, save_model
+from minilora.nn.checkpoint import load_model, save_model
+from minilora.nn.model import GPT, GPTConfig, param_shapes
 
 TINY = GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8)
 
@@ -164,3 +165,45 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
     """Loading from an empty folder names the missing file."""
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_model(tmp_path / "nothing")
+
+
+def _subsets(names, rng, n_random=12):
+    """The empty set, every single name, every name but one, and random subsets."""
+    names = sorted(names)
+    yield set()
+    for k in names:
+        yield {k}
+        yield set(names) - {k}
+    for _ in range(n_random):
+        yield {k for k in names if rng.random() < 0.5}
+
+
+@pytest.mark.parametrize("head", ["lm", "classification"])
+def test_gradient_keys_are_exactly_the_trainable_names(head, rng):
+    """For any trainable subset, backward returns a gradient for each of those names and no other.
+
+    A frozen parameter with a gradient would be moved by the optimizer (the old frozen head.bias bug).
+    """
+    model = tiny_model()
+    idx = rng.integers(0, 11, (2, 6))
+    if head == "classification":
+        model.add_classification_head(3)
+        last, labels = np.array([5, 2]), np.array([0, 2])
+        logits, cache = model.classify(idx, last)
+        dlogits = cross_entropy_backward(cross_entropy_forward(logits, labels)[1])
+    else:
+        logits, cache = model.forward(idx)
+        dlogits = cross_entropy_backward(cross_entropy_forward(logits, idx)[1])
+    for subset in _subsets(model.params, np.random.default_rng(3)):
+        model.trainable = set(subset)
+        grads = model.backward(dlogits, cache)
+        assert set(grads) == subset, f"trainable {sorted(subset)[:4]}: extra {sorted(set(grads) - subset)[:4]}"
+
+
+def test_both_heads_are_ordinary_named_linear_layers():
+    """The LM head is the linear "lm_head" reading the tied wte; a task head is the linear "head"."""
+    model = tiny_model()
+    assert model.linears["lm_head"].tensors == {"weight": "wte.weight"}
+    model.add_classification_head(2)
+    assert model.linears["head"].tensors == {"weight": "head.weight", "bias": "head.bias"}
+    assert {s.kind for s in model.linears.values()} == {"linear"}

@@ -6,7 +6,7 @@ import pytest
 
 from minilora.experiments import rank_choice, sweeps
 from minilora.data.datasets import make_splits
-from minilora.adapters.lora import LoraConfig
+from minilora.adapters.config import LoraConfig
 
 from helpers import SWEEP_C, SWEEP_L
 

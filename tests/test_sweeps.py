@@ -7,7 +7,7 @@ import pytest
 from minilora.experiments import rank_choice, sweeps
 from minilora.data.datasets import make_splits
 from minilora.experiments.finetune import prepare
-from minilora.adapters.lora import LoraConfig
+from minilora.adapters.config import LoraConfig
 from minilora.adapters.lora_model import LoraModel
 from minilora.nn.model import GPT
 

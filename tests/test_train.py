@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from minilora.data.datasets import TextData, make_dataset
-from minilora.nn.model import GPT, GPTConfig, load_model
+from minilora.nn.checkpoint import load_model
+from minilora.nn.model import GPT, GPTConfig
 from minilora.nn.optim import AdamW
 from minilora.experiments.train import NonFiniteLossError, TrainConfig, evaluate, train
 

@@ -38,18 +38,23 @@ parameter sits in an adapter and the count is exactly L * n_adapters * (2 C m + 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import ClassVar
 
 import numpy as np
 
+from minilora.adapters.adapted import AdaptedModel, AdapterParts, saved_param_names
+from minilora.adapters.files import register_config
 from minilora.nn import backend
 from minilora.nn.layers import gelu_backward, gelu_forward, linear_backward, linear_forward
-from minilora.nn.model import GPT, GPTConfig, WrappedModel
+from minilora.nn.linears import LinearKind, LinearSpec, register
+from minilora.nn.model import GPT, GPTConfig
 
 # variant -> the linear layers (under ``blocks.{i}.``) whose output each adapter follows
 VARIANTS = {"houlsby": ("attn.wo", "mlp.proj"), "lin": ("mlp.proj",)}
-# parameter names of one adapter, under ``{module}.``; the ``.adapter_`` keeps them out of base_params
+# file keys of one adapter's tensors, under ``{module}.``, and the roles its layer reads them as
 ADAPTER_KEYS = ("adapter_down.weight", "adapter_down.bias", "adapter_up.weight", "adapter_up.bias")
+ADAPTER_ROLES = ("down_weight", "down_bias", "up_weight", "up_bias")
 
 
 # --------------------------------------------------------------------------- the layer
@@ -88,9 +93,40 @@ def init_adapter(C: int, m: int, *, std: float = 0.02, rng=None, dtype=None) -> 
     return {k: backend.asarray(v, dtype=dtype or backend.default_dtype()) for k, v in zip(ADAPTER_KEYS, values)}
 
 
+# --------------------------------------------------------------------------- the registry entry
+def _bottleneck_linear_forward(x, t, *, training=False, rng=None):
+    """The "bottleneck" kind: the frozen linear layer, then its adapter. x (B, T, d_in) -> z (B, T, C).
+
+    cache = (the frozen linear's cache, the adapter's cache).
+    """
+    y, c_lin = linear_forward(x, t["weight"], t.get("bias"))
+    z, c_ad = adapter_forward(y, t["down_weight"], t["down_bias"], t["up_weight"], t["up_bias"])
+    return z, (c_lin, c_ad)
+
+
+def _bottleneck_linear_backward(dz, cache, needs):
+    """dz (B, T, C) -> dx (B, T, d_in) and the adapter's gradients (the layer it follows stays frozen)."""
+    if "weight" in needs or "bias" in needs:
+        raise RuntimeError("the layer an adapter follows stays frozen (its backward computes no dW0 or db0); "
+                           "freeze it again, or unload() the adapters and train the plain model")
+    c_lin, c_ad = cache
+    dy, *dparams = adapter_backward(dz, c_ad)                # forward: z = adapter(y)
+    grads = dict(zip(("down_weight", "down_bias", "up_weight", "up_bias"), dparams))
+    dx, _, _ = linear_backward(dy, c_lin, weight_grad=False)  # forward: y = x W0^T + b0
+    return dx, {role: g for role, g in grads.items() if role in needs}
+
+
+BOTTLENECK = register(LinearKind("bottleneck", ("weight", "bias", "down_weight", "down_bias", "up_weight",
+                                                "up_bias"), _bottleneck_linear_forward, _bottleneck_linear_backward))
+
+
 # --------------------------------------------------------------------------- configuration
+@register_config
 @dataclass
 class AdapterConfig:
+    """Bottleneck adapters after attn.wo and/or mlp.proj of every block."""
+    peft_type: ClassVar[str] = "BOTTLENECK"
+
     variant: str = "houlsby"          # "houlsby" (AdapterH, after attn.wo and mlp.proj) or "lin" (AdapterL, after mlp.proj)
     bottleneck: int = 8               # m: width of the bottleneck, m << C
     init_std: float = 0.02            # W_down ~ N(0, init_std^2); W_up = 0, so the model starts equal to the base
@@ -111,6 +147,22 @@ class AdapterConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "AdapterConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def build(self, model: GPT, base_linears: dict) -> AdapterParts:
+        """An adapter (W_up = 0: the identity at init) after every module of the variant."""
+        rng = backend.rng(self.seed)
+        tensors, specs = {}, {}
+        for name in adapter_modules(model.config, self):
+            init = init_adapter(model.config.n_embd, self.bottleneck, std=self.init_std, rng=rng, dtype=model.dtype)
+            keys = {role: f"{name}.{key}" for role, key in zip(ADAPTER_ROLES, ADAPTER_KEYS)}
+            tensors.update({keys[role]: init[key] for role, key in zip(ADAPTER_ROLES, ADAPTER_KEYS)})
+            specs[name] = LinearSpec("bottleneck", {**base_linears[name].tensors, **keys})
+        return AdapterParts(tensors, specs, saved_param_names(base_linears, self.modules_to_save))
+
 
 def adapter_modules(config: GPTConfig, adapter_config: AdapterConfig) -> list[str]:
     """The linear layers an adapter follows, e.g. ['blocks.0.attn.wo', 'blocks.0.mlp.proj', ...]."""
@@ -123,102 +175,27 @@ def expected_trainable_count(adapter_config: AdapterConfig, n_layer: int, d_mode
     return n_layer * len(VARIANTS[adapter_config.variant]) * (2 * C * m + m + C)
 
 
-# --------------------------------------------------------------------------- the hook
-class _AdapterHook:
-    """Runs one frozen linear layer, then its adapter (see model.linear_hooks)."""
-
-    @staticmethod
-    def keys(name: str) -> list[str]:
-        return [f"{name}.{k}" for k in ADAPTER_KEYS]
-
-    def forward(self, model, name, x, training):
-        """x (B, T, d_in) -> z (B, T, C); cache = (frozen linear's cache, adapter's cache)."""
-        y, c_lin = linear_forward(x, model.params[name + ".weight"], model.params[name + ".bias"])
-        z, c_ad = adapter_forward(y, *(model.params[k] for k in self.keys(name)))
-        return z, (c_lin, c_ad)
-
-    def backward(self, model, name, dz, cache, grads):
-        """dz (B, T, C) -> dx (B, T, d_in); adapter gradients go into ``grads``."""
-        c_lin, c_ad = cache
-        dy, *dparams = adapter_backward(dz, c_ad)            # forward: z = adapter(y)
-        for key, g in zip(self.keys(name), dparams):
-            if key in model.trainable:
-                grads[key] = g
-        # forward: y = x W0^T + b0. The base is frozen: input gradient only, no dW0 and no db0.
-        dx, _, _ = linear_backward(dy, c_lin, weight_grad=False)
-        return dx
-
-
 # --------------------------------------------------------------------------- adapters on a model
-class AdapterModel(WrappedModel):
-    """A frozen GPT with bottleneck adapters after attn.wo and/or mlp.proj of every block.
+class AdapterModel(AdaptedModel):
+    """A frozen GPT with bottleneck adapters (the adapter host of ``minilora.adapters.adapted``).
 
-    Offers the model interface (params, trainable, config, dtype, forward, classify, backward,
-    num_params), so ``minilora.experiments.train.train`` trains it like a GPT or a LoraModel. ``config`` is
-    the GPT's config; the adapters' own is ``adapter_config``.
+    ``adapter_config`` is the active adapter's config; ``config`` is the GPT's.
     """
 
-    def __init__(self, model: GPT, config: AdapterConfig | None = None):
-        config = config or AdapterConfig()
-        modules = adapter_modules(model.config, config)
-        taken = sorted(set(modules) & set(model.linear_hooks))
-        if taken:
-            raise ValueError(f"{taken[:3]} already run through another hook (a LoRA adapter?); an adapter "
-                             f"follows the plain frozen layer. Merge and unload the other adapter first")
-        saved = self._saved_names(model, config)
-        super().__init__(model)
-        self.adapter_config, self.modules = config, modules
-        model.freeze()                                       # the pre-trained weights stay frozen
-        rng = backend.rng(config.seed)
-        C = model.config.n_embd
-        hook = _AdapterHook()
-        for name in modules:
-            for key, value in init_adapter(C, config.bottleneck, std=config.init_std, rng=rng,
-                                           dtype=model.dtype).items():
-                model.params[f"{name}.{key}"] = value
-            model.linear_hooks[name] = hook
-        self.adapter_names = [k for name in modules for k in hook.keys(name)]
-        model.trainable |= set(self.adapter_names) | set(saved)
+    def __init__(self, model: GPT, config: AdapterConfig | None = None, adapter_name: str = "default"):
+        super().__init__(model, config or AdapterConfig(), adapter_name)
 
-    @staticmethod
-    def _saved_names(model: GPT, config: AdapterConfig) -> list[str]:
-        names = []
-        for m in config.modules_to_save:
-            found = [k for k in model.params if (k.startswith(m + ".") or f".{m}." in k) and ".adapter_" not in k]
-            if not found:
-                raise ValueError(f"modules_to_save entry {m!r} matches no parameter; e.g. 'head' (after "
-                                 f"add_classification_head) or 'ln_f'")
-            names += found
-        return sorted(set(names))
-
-    # ---------------------------------------------------------------- model interface
-    def backward(self, dlogits, cache):
-        unfrozen = sorted(k for m in self.modules for k in (m + ".weight", m + ".bias") if k in self.model.trainable)
-        if unfrozen:   # the hook computes no dW0 for the layers it wraps: say so instead of training nothing
-            raise RuntimeError(f"{unfrozen[:3]} are trainable, but the layers an adapter follows stay frozen "
-                               f"(their hook computes no weight gradient); freeze them again")
-        return self.model.backward(dlogits, cache)
-
-    # ---------------------------------------------------------------- reports and removal
-    def adapter_state(self) -> dict:
-        """The adapter tensors, keyed by their full parameter names."""
-        return {k: self.model.params[k] for k in self.adapter_names}
-
-    def trainable_report(self) -> dict:
-        """Trainable and total parameter counts, and the percentage that trains."""
-        n_train, n_all = self.num_params(trainable_only=True), self.num_params()
-        return {"trainable": n_train, "total": n_all, "percent": 100.0 * n_train / n_all}
+    @property
+    def adapter_config(self) -> AdapterConfig:
+        return self.adapters[self._require_active("read")]
 
     def unload(self) -> GPT:
-        """Remove the adapters and their hooks; returns the plain (frozen) base GPT.
+        """Remove every adapter and return the plain (frozen) base GPT.
 
         There is no merge: the GELU between the two projections makes the adapter non-linear,
         so no single weight matrix can stand in for linear layer + adapter.
         """
+        for name in list(self.adapters):
+            self.delete_adapter(name)
         self.model.freeze()
-        for name in self.modules:
-            self.model.linear_hooks.pop(name, None)
-        for k in self.adapter_names:
-            self.model.params.pop(k, None)
         return self.model
-

@@ -10,27 +10,22 @@ step 0. Only A and B train; W0 gets no gradient and no optimizer state.
 Shapes: B batch, T time, C channels, r rank, N = B*T rows. (B the batch size and B the matrix
 never meet in one formula below: the matrix is written ``B_``/``lora_B`` in code.)
 
-This module holds the math and the configuration:
-  * pure functions: ``lora_forward`` / ``lora_backward`` (the layer), ``merge_weights`` /
-    ``unmerge_weights`` (W0 + s B A and back), ``init_lora_pair``;
-  * ``LoraConfig`` (PEFT's field names) and ``resolve_targets``, which turns a config into the
-    list of adapted matrices with their rank and scale.
-``minilora.adapters.lora_model.LoraModel`` puts adapters built from these on a ``GPT``.
+This module holds the math of the layer, as pure functions: ``lora_forward`` / ``lora_backward``,
+``merge_weights`` / ``unmerge_weights`` (W0 + s B A and back) and ``init_lora_pair``; and its entry
+"lora" in the registry of linear kinds (``minilora.nn.linears``), through which the model runs an
+adapted layer. ``minilora.adapters.config.LoraConfig`` says which layers to adapt, and
+``minilora.adapters.lora_model.LoraModel`` puts adapters on a ``GPT``.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from minilora.nn import backend
 from minilora.nn.layers import linear_forward
-from minilora.nn.model import GPT
+from minilora.nn.linears import LinearKind, register
 
-# Short names users write in target_modules -> the module's name inside a block.
-TARGETS = {"wq": "attn.wq", "wk": "attn.wk", "wv": "attn.wv", "wo": "attn.wo",
-           "fc": "mlp.fc", "proj": "mlp.proj"}
 INITS = ("gaussian", "peft_gaussian", "kaiming", "reversed", "zeros")
 
 
@@ -58,7 +53,7 @@ def lora_forward(x, W0, b, A, B_, scale, dropout_mask=None):
 def lora_backward(dh, cache):
     """dh (..., d_out) -> dx (..., d_in), dA (r, d_in), dB (d_out, r). No dW0: W0 is frozen.
 
-    With u = x A^T and h = x W0^T + s u B^T (LORA_NOTES §1):
+    With u = x A^T and h = x W0^T + s u B^T (docs/lora_math.md):
         dB = s dh^T u,   du = s dh B,   dA = du^T x,   dx = dh W0 + du A.
     At init B = 0, so du = 0 and dA = 0: only B moves in the first step.
     """
@@ -122,104 +117,42 @@ def init_lora_pair(d_out, d_in, r, *, init="gaussian", std=None, rng=None, dtype
     return backend.asarray(A, dtype=dtype), backend.asarray(B_, dtype=dtype)
 
 
-# --------------------------------------------------------------------------- configuration
-@dataclass
-class LoraConfig:
-    r: int = 8                                   # rank of every adapted matrix
-    lora_alpha: float = 8.0                      # scale s = lora_alpha / r (§4.1: set once, not tuned)
-    target_modules: tuple = ("wq", "wv")         # any of wq wk wv wo fc proj (§4.2 uses wq, wv)
-    layers_to_transform: tuple | None = None     # block indices to adapt; None = every block
-    rank_pattern: dict = field(default_factory=dict)    # per-module r, e.g. {"wv": 4, "blocks.0.attn.wq": 2}
-    alpha_pattern: dict = field(default_factory=dict)   # per-module lora_alpha, same keys
-    lora_dropout: float = 0.0                    # dropout on the A path's input
-    init_lora_weights: str = "gaussian"          # gaussian | peft_gaussian | kaiming | reversed | zeros
-    init_std: float | None = None                # gaussian std; None = 1/sqrt(d_in) (see init_lora_pair)
-    bias: str = "none"                           # none | all | lora_only: which biases also train
-    modules_to_save: tuple = ()                  # trained fully and saved with the adapter, e.g. ("head",)
-    use_rslora: bool = False                     # scale alpha / sqrt(r) instead (Kalajievski 2023)
-    seed: int = 0                                # initialisation of A (and dropout masks)
+# --------------------------------------------------------------------------- the registry entry
+def dropout_mask(rng, shape, p: float, dtype):
+    """A scaled keep-mask (shape) for inverted dropout: 1/(1-p) with probability 1-p, else 0.
 
-    def __post_init__(self):
-        self.target_modules = tuple([self.target_modules] if isinstance(self.target_modules, str)
-                                    else self.target_modules)
-        self.modules_to_save = tuple(self.modules_to_save)
-        if self.layers_to_transform is not None:
-            self.layers_to_transform = tuple(int(i) for i in self.layers_to_transform)
-        if self.init_lora_weights not in INITS:
-            raise ValueError(f"unknown init_lora_weights {self.init_lora_weights!r}; choose one of {INITS}")
-        if self.bias not in ("none", "all", "lora_only"):
-            raise ValueError(f"bias must be 'none', 'all' or 'lora_only', got {self.bias!r}")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        if int(self.r) < 1:
-            raise ValueError(f"rank r must be a positive integer, got {self.r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "LoraConfig":
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-
-def _pattern_value(name: str, pattern: dict, default):
-    """The value for module ``name`` from a PEFT-style pattern dict (longest matching key wins).
-
-    A key matches when it is the module's full name or a dotted suffix of it ("wv", "attn.wv").
-    Short target names are expanded ("wv" -> "attn.wv") before matching.
+    Drawn on the CPU with the model's NumPy generator, so NumPy and CuPy runs draw the same masks.
     """
-    best, best_len = default, -1
-    for key, value in pattern.items():
-        full = TARGETS.get(key, key)
-        if (name == full or name.endswith("." + full)) and len(full) > best_len:
-            best, best_len = value, len(full)
-    return best
+    keep = rng.random(shape) >= p
+    return backend.asarray(keep / (1.0 - p), dtype=dtype)
 
 
-def resolve_targets(model: GPT, config: LoraConfig) -> dict[str, tuple[int, float]]:
-    """Module name -> (r, scale) for every matrix the config adapts. Raises on bad names or ranks."""
-    unknown = [t for t in config.target_modules if t not in TARGETS and t not in TARGETS.values()]
-    if unknown or not config.target_modules:
-        raise ValueError(f"unknown target_modules {unknown or '(empty)'}; valid names are "
-                         f"{sorted(TARGETS)} (or their long forms {sorted(TARGETS.values())})")
-    L = model.config.n_layer
-    layers = config.layers_to_transform if config.layers_to_transform is not None else range(L)
-    bad = [i for i in layers if not 0 <= i < L]
-    if bad:
-        raise ValueError(f"layers_to_transform {bad} out of range: the model has blocks 0..{L - 1}")
-    kinds = [TARGETS.get(t, t) for t in config.target_modules]
-    names = [f"blocks.{i}.{k}" for i in layers for k in kinds]
-    for key in list(config.rank_pattern) + list(config.alpha_pattern):
-        if not any(n == TARGETS.get(key, key) or n.endswith("." + TARGETS.get(key, key)) for n in names):
-            raise ValueError(f"rank/alpha pattern key {key!r} matches no adapted module; adapted modules are "
-                             f"{names[:6]}{' ...' if len(names) > 6 else ''}")
-    out = {}
-    for name in names:
-        d_out, d_in = model.params[name + ".weight"].shape
-        r = int(_pattern_value(name, config.rank_pattern, config.r))
-        if not 1 <= r <= min(d_out, d_in):
-            raise ValueError(f"rank r = {r} is out of range for {name} with W0 of shape ({d_out}, {d_in}); "
-                             f"choose 1 <= r <= min(d_out, d_in) = {min(d_out, d_in)}")
-        alpha = float(_pattern_value(name, config.alpha_pattern, config.lora_alpha))
-        out[name] = (r, alpha / (math.sqrt(r) if config.use_rslora else r))
-    return out
+def _lora_linear_forward(x, t, *, scale, dropout=0.0, training=False, rng=None):
+    """The "lora" kind: lora_forward on the spec's tensors; dropout on the A path in training only."""
+    mask = dropout_mask(rng, x.shape, dropout, x.dtype) if training and dropout > 0.0 else None
+    return lora_forward(x, t["weight"], t.get("bias"), t["lora_A"], t["lora_B"], scale, mask)
 
 
-def expected_trainable_count(config: LoraConfig, n_layer: int, d_model: int) -> int:
-    """|Theta| = 2 x L_hat x d_model x r (Hu et al. 2021, §5.1), for square attention targets.
-
-    L_hat is the number of adapted matrices. For other shapes count r (d_in + d_out) per matrix,
-    as ``lora_param_count`` does.
-    """
-    square = {"wq", "wk", "wv", "wo", "attn.wq", "attn.wk", "attn.wv", "attn.wo"}
-    if not set(config.target_modules) <= square or config.rank_pattern:
-        raise ValueError("the 2 x L_hat x d x r formula holds for square attention targets with one rank; "
-                         "use lora_param_count for MLP targets or rank patterns")
-    layers = config.layers_to_transform if config.layers_to_transform is not None else range(n_layer)
-    return 2 * len(config.target_modules) * len(layers) * d_model * config.r
+def _lora_linear_backward(dh, cache, needs):
+    """lora_backward, keeping the gradients the model asks for; W0 never gets one (§4.1)."""
+    if "weight" in needs:
+        raise RuntimeError("the frozen W0 of a LoRA layer was marked trainable, but LoRA computes no dW0; "
+                           "freeze it again, or merge_and_unload() and train the plain model")
+    dx, dA, dB = lora_backward(dh, cache)
+    grads = {"lora_A": dA, "lora_B": dB}
+    if "bias" in needs:                                       # bias="all" or "lora_only" (a copy per adapter)
+        grads["bias"] = dh.reshape(-1, dh.shape[-1]).sum(axis=0)
+    return dx, {role: g for role, g in grads.items() if role in needs}
 
 
-def lora_param_count(model: GPT, config: LoraConfig) -> int:
-    """Trainable LoRA parameters for any targets: sum over adapted W0 (d_out, d_in) of r (d_in + d_out)."""
-    return sum(r * sum(model.params[name + ".weight"].shape) for name, (r, _) in resolve_targets(model, config).items())
+def _lora_merge(t, *, scale, dropout=0.0):
+    return merge_weights(t["weight"], t["lora_A"], t["lora_B"], scale), None
+
+
+def _lora_unmerge(W, t, state, *, scale, dropout=0.0):
+    return unmerge_weights(W, t["lora_A"], t["lora_B"], scale)
+
+
+LORA = register(LinearKind("lora", ("weight", "bias", "lora_A", "lora_B"), _lora_linear_forward,
+                           _lora_linear_backward, merge=_lora_merge, unmerge=_lora_unmerge,
+                           stochastic=lambda options: options.get("dropout", 0.0) > 0.0))

@@ -11,7 +11,7 @@ the spec tests that grade it. Everything else is derived from that one table:
     grade(workspace)             runs each step's tests on that copy and scores them (grading.py)
     grade_many(parent)           the same for a folder of submissions, one row per student
 
-Command line: ``python -m minilora.classroom.exercises {list,make,grade,grade-all} ...`` (docs/teachers.md);
+Command line: ``python -m minilora.classroom {list,make,grade,grade-all} ...`` (docs/teachers.md);
 its parser, exercises_main, lives in grading.py with the grading it runs.
 
 Adding a step: mark the function's body in the library and add a row to ``STEPS``. A row whose
@@ -326,7 +326,7 @@ and the docstring, which give every shape. The spec tests in `tests/` grade each
 ## Work on one step
 
     pytest -m step01 -x          # the tests of step 1, stop at the first failure
-    python -m minilora.classroom.exercises grade --steps 1    # your score for step 1 (no --steps: all steps)
+    python -m minilora.classroom grade --steps 1    # your score for step 1 (no --steps: all steps)
 
 Do the steps in order: a later step may call an earlier one. `minilora.nn.gradcheck.check_layer`
 checks any backward pass of yours against central differences.
@@ -392,9 +392,3 @@ def steps_table(root=SOURCE_DIR) -> str:
         note = f"not available: {why}" if why else s.module
         lines.append(f"{s.number:>4}  {s.name:<24} {'-' if why else len(step_tests(s, root)):>5}  {note}")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":      # python -m minilora.classroom.exercises: the command line is in grading.py
-    from minilora.classroom.grading import exercises_main
-
-    sys.exit(exercises_main())

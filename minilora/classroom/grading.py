@@ -9,7 +9,7 @@ of the project, ``pytest -m stepNN`` with the workspace's minilora first on the 
 
 ``tests_from`` grades with the tests and step table of a trusted checkout instead of the
 submitted ones. Command line: ``minilora exercises {list,make,grade,grade-all} ...``, also
-``python -m minilora.classroom.exercises ...`` (docs/teachers.md); both run ``exercises_main`` here.
+``python -m minilora.classroom ...`` (docs/teachers.md); both run ``exercises_main`` here.
 """
 from __future__ import annotations
 

@@ -216,10 +216,8 @@ def lora_factors(lora_model, module: str, adapter: str | None = None):
     modules = lora_model.modules[adapter]
     if module not in modules:
         raise KeyError(f"adapter {adapter!r} does not adapt {module!r}; it adapts {sorted(modules)}")
-    a_key, b_key = lora_model._keys(module, adapter)
-    A = np.array(to_numpy(lora_model.params[a_key]), dtype=np.float64)
-    B_ = np.array(to_numpy(lora_model.params[b_key]), dtype=np.float64)
-    return A, B_, float(modules[module][1])
+    A, B_, s = lora_model.lora_factors(module, adapter)
+    return np.array(to_numpy(A), dtype=np.float64), np.array(to_numpy(B_), dtype=np.float64), float(s)
 
 
 def lora_delta(lora_model, module: str, adapter: str | None = None) -> np.ndarray:

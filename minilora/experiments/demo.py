@@ -85,9 +85,7 @@ def _plot_comparison(results, path):
             ax.bar(x + (k - 0.5) * 0.38, [get(by[t, method]) for t in tasks], 0.38, label=method)
         ax.set(xticks=x, xticklabels=tasks, title=label, yscale=scale)
     axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    io.save_figure(fig, path)
 
 
 def run_demo(out_dir="reports/demo", *, steps: int | None = None, progress: bool = True, seed: int = 0,
@@ -172,4 +170,4 @@ def _write_report(out: Path, results, merge_errors, switched, summary, seconds):
         + ", ".join(f"{t} {100 * a:.1f}%" for t, a in switched.items()) + ".", "",
         *[f"![{t}](loss_{t}.png)" for t in tasks], "", "![comparison](comparison.png)", "",
         f"Total time: {seconds:.0f} s on backend {backend.backend_name()}.", ""]
-    (out / "report.md").write_text("\n".join(text))
+    io.write_text(out / "report.md", "\n".join(text))

@@ -8,15 +8,17 @@ methods (PEFT: modules_to_save; Hu et al. 2021 train the task head alongside LoR
 from __future__ import annotations
 
 import copy
+import dataclasses
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from minilora import io
 from minilora.data.datasets import ClassificationData, TextData, make_splits
-from minilora.adapters.lora import LoraConfig
+from minilora.adapters.config import LoraConfig
 from minilora.adapters.lora_model import LoraModel
-from minilora.nn.model import GPT, save_model
+from minilora.nn.checkpoint import save_model
+from minilora.nn.model import GPT
 from minilora.experiments.pretrain import load_base
 from minilora.experiments.train import History, TrainConfig, evaluate, evaluate_text, train
 
@@ -92,11 +94,16 @@ def saved_bytes(model) -> int:
 
 def finetune(task: str, method: str = "lora", *, base: GPT | None = None, lora_config: LoraConfig | None = None,
              train_config: TrainConfig | None = None, n_train: int = 4000, n_test: int = 500, seed: int = 0,
-             progress: bool = True, text_file=None) -> FinetuneResult:
-    """Fine-tune ``base`` (default: the shipped base) on a shipped task or a text file."""
+             progress: bool | None = None, text_file=None) -> FinetuneResult:
+    """Fine-tune ``base`` (default: the shipped base) on a shipped task or a text file.
+
+    ``seed`` draws the data, the new head and the batch order; a ``train_config`` the caller gives
+    keeps its own values (its seed and progress setting included), and is not modified.
+    """
     base = base if base is not None else load_base()[0]
-    cfg = copy.deepcopy(train_config or default_train_config(method))
-    cfg.progress, cfg.seed = progress, seed
+    cfg = train_config or dataclasses.replace(default_train_config(method), seed=seed)
+    if progress is not None:
+        cfg = dataclasses.replace(cfg, progress=progress)
     if text_file is not None:
         data = TextData.from_file(text_file, block_size=base.config.block_size)
         train_data, test_data = data.split(0.9)

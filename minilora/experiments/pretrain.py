@@ -9,12 +9,14 @@ below, so tutorials and the demo start in seconds.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from minilora.data.datasets import make_dataset, make_mixture
 from minilora.data.tasks import PRETRAIN_TASKS, CharTokenizer, default_tokenizer
-from minilora.nn.model import GPT, GPTConfig, load_model, save_model
+from minilora.nn.checkpoint import load_model, save_model
+from minilora.nn.model import GPT, GPTConfig
 from minilora.experiments.train import TrainConfig, evaluate, train
 
 SHIPPED_BASE = Path(__file__).resolve().parents[1] / "checkpoints" / "base"
@@ -45,12 +47,12 @@ class PretrainConfig:
 def pretrain(cfg: PretrainConfig | None = None, *, out_dir=None, progress: bool = True):
     """Train a base model from scratch; returns (model, history, accuracy per task)."""
     cfg = cfg or PretrainConfig()
-    cfg.train.progress = progress
+    train_config = dataclasses.replace(cfg.train, progress=progress)      # the caller's config stays as it is
     tok = default_tokenizer()
     model = GPT(base_config(tok.vocab_size), seed=cfg.seed)
     data = make_mixture(cfg.tasks, cfg.n_train, seed=cfg.seed, block_size=BLOCK_SIZE)
     held_out = make_mixture(cfg.tasks, cfg.n_eval, seed=cfg.seed + 10_000, block_size=BLOCK_SIZE)
-    history = train(model, data, held_out, cfg.train, desc="pretrain")
+    history = train(model, data, held_out, train_config, desc="pretrain")
     accuracy = task_accuracy(model, cfg.tasks, seed=cfg.seed + 20_000, n=cfg.n_eval)
     if out_dir is not None:
         save_model(model, out_dir, extra={"tokenizer": tok.to_dict(), "pretrain_tasks": list(cfg.tasks),

@@ -22,11 +22,13 @@ from minilora.experiments import analysis
 from minilora.nn.backend import to_numpy
 from minilora.data.datasets import iterate_batches
 from minilora.experiments.finetune import prepare
-from minilora.adapters.lora import TARGETS, LoraConfig
+from minilora.adapters.config import LoraConfig
+from minilora.nn.model import SHORT_NAMES
 from minilora.nn.model import BLOCK_LINEARS
 from minilora.experiments.pretrain import load_base
 from minilora.experiments.sweeps import Lab, SweepConfig, rank_sweep, save_plot, targets_label
-from minilora.experiments.train import evaluate, loss_and_grads, to_backend
+from minilora.experiments.train import evaluate, to_backend
+from minilora.nn.loss import loss_and_grads
 
 
 # --------------------------------------------------------------------------- 1. full fine-tuning spectra
@@ -158,7 +160,7 @@ def _energy_ranks(full_ft_result, target, energy, base) -> list[int] | None:
     """Energy rank per layer of dW = W_ft - W0 for ``target``, from spectra or a fine-tuned model."""
     if full_ft_result is None:
         return None
-    kind = TARGETS[target]
+    kind = SHORT_NAMES[target]
     if isinstance(full_ft_result, dict):                      # full_finetune_spectra output
         rows = [r for r in full_ft_result["rows"] if r["module"].endswith("." + kind)]
         return [analysis.energy_rank(r["s"], energy) for r in sorted(rows, key=lambda r: r["layer"])]
@@ -187,9 +189,9 @@ def recommend_rank(task: str, *, full_ft_result=None, sweep=None, targets=("wq",
     Neither given: both are measured here on ``task`` (a rank sweep of ``targets`` and one full
     fine-tuning run, with ``config`` or SweepConfig defaults: a few minutes on 2 cores).
     """
-    unknown = [t for t in targets if t not in TARGETS]
+    unknown = [t for t in targets if t not in SHORT_NAMES]
     if unknown or not targets:
-        raise ValueError(f"unknown targets {unknown or '(empty)'}; choose from {sorted(TARGETS)}")
+        raise ValueError(f"unknown targets {unknown or '(empty)'}; choose from {sorted(SHORT_NAMES)}")
     if sweep is not None and sweep.get("task", task) != task:
         raise ValueError(f"the sweep was measured on task {sweep['task']!r}, not {task!r}")
     if getattr(full_ft_result, "task", task) != task:

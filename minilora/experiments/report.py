@@ -1,7 +1,7 @@
 """``minilora analyze``: every rank analysis of Hu et al. 2021, §7, on the shipped base, as one report.
 
 ``run_analysis(out_dir, task, quick)`` trains the runs of ``minilora.experiments.sweeps`` (shared between the
-analyses), writes ``analysis.md`` with each of our numbers beside the paper's (LORA_NOTES §4-5),
+analyses), writes ``analysis.md`` with each of our numbers beside the paper's (docs/lora_math.md §4-5),
 ``results.json`` with the plain numbers, and one PNG per analysis. For every finding of the paper
 the report says "held here" or "did not hold here", decided by the measured numbers with the
 threshold written next to it, never by hand.
@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from minilora import io
 from minilora.experiments import rank_choice, sweeps
 from minilora.experiments.analysis import energy_rank, spectrum
 
-# The paper's numbers (Hu et al. 2021; GPT-3 175B unless said), as LORA_NOTES §4-5 list them.
+# The paper's numbers (Hu et al. 2021; GPT-3 175B unless said), as docs/lora_math.md §4-5 lists them.
 PAPER_TABLE5 = {"wq r=8": (70.4, 91.0), "wk r=8": (70.0, 90.8), "wv r=8": (73.0, 91.0), "wo r=8": (73.2, 91.3),
                 "wq,wk r=4": (71.4, 91.3), "wq,wv r=4": (73.7, 91.3), "wq,wk,wv,wo r=2": (73.7, 91.7)}
 PAPER_TABLE7 = {4: {"proj_dW": 0.32, "proj_W": 21.67, "proj_random": 0.02, "norm_dW": 6.91, "factor": 21.5},
@@ -349,7 +350,7 @@ def run_analysis(out_dir, task: str = "shift", quick: bool = False, *, config=No
     lines += _spectra_section(spectra, random_k)
     lines += _init_section(init, lab.classification)
     lines += ["## 7. Which rank to use", "", "```", rank_choice.format_recommendation(recs), "```", ""]
-    (out / "analysis.md").write_text("\n".join(lines), encoding="utf-8")
+    io.write_text(out / "analysis.md", "\n".join(lines))
 
     results = {"task": task, "quick": quick, "wall_seconds": wall, "timings": timings,
                "model": {"n_layer": m.n_layer, "n_head": m.n_head, "n_embd": m.n_embd, "params": lab.base.num_params()},
@@ -358,7 +359,7 @@ def run_analysis(out_dir, task: str = "shift", quick: bool = False, *, config=No
                                                 "random_shared_k", "baseline_phi11", "baseline_shared_k")},
                "spectra": [{k: v for k, v in r.items() if k != "s"} | {"s": r["s"].tolist()} for r in spectra["rows"]],
                "init": init, "recommendation": [vars(r) for r in recs]}
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=_plain), encoding="utf-8")
+    io.write_text(out / "results.json", json.dumps(results, indent=1, default=_plain))
     print(f"wrote {out / 'analysis.md'} in {wall:.0f} s", flush=True)
     return out / "analysis.md"
 

@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from minilora import io
 from minilora.experiments import analysis
 from minilora.nn.backend import to_numpy
 from minilora.data.datasets import ClassificationData, make_splits
 from minilora.experiments.finetune import prepare
-from minilora.adapters.lora import TARGETS, LoraConfig
+from minilora.adapters.config import LoraConfig
+from minilora.nn.model import SHORT_NAMES
 from minilora.adapters.lora_model import LoraModel
 from minilora.experiments.pretrain import load_base
 from minilora.experiments.train import TrainConfig, evaluate, train
@@ -142,18 +144,8 @@ class Lab:
 
 
 def save_plot(fig, path, *, tight: bool = True):
-    """Save ``fig`` as a PNG (making folders) and close it. tight=False for constrained-layout figures."""
-    from pathlib import Path
-
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if tight:
-        fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    """Save ``fig`` as a PNG (atomically, making folders) and close it; see ``minilora.io.save_figure``."""
+    return io.save_figure(fig, path, tight=tight)
 
 
 def targets_label(targets) -> str:
@@ -271,7 +263,7 @@ def subspace_analysis(lab: Lab, *, targets=("wq", "wv"), r_small: int = 8, r_lar
     large = lab.lora(adapter_targets, r_large, seed=seeds[0]).model
     other = lab.lora(adapter_targets, r_large, seed=seeds[1]).model
     L = lab.base.config.n_layer
-    modules = [f"blocks.{i}.{TARGETS[t]}" for i in range(L) for t in targets]
+    modules = [f"blocks.{i}.{SHORT_NAMES[t]}" for i in range(L) for t in targets]
     by_rank, by_seed = compare_adapters(small, large, modules), compare_adapters(large, other, modules)
     d_in = int(lab.base.params[modules[0] + ".weight"].shape[1])
     gen = np.random.default_rng(12345)
@@ -317,7 +309,7 @@ def amplification_analysis(lab: Lab, *, ranks=(4, 64), target: str = "wq", layer
     the middle block, as the paper's 48th of 96). With include_full, the full fine-tuning update of
     the same matrix, projected on its own top-r directions, for comparison."""
     layer = lab.base.config.n_layer // 2 if layer is None else layer
-    module = f"blocks.{layer}.{TARGETS[target]}"
+    module = f"blocks.{layer}.{SHORT_NAMES[target]}"
     W = to_numpy(lab.base.params[module + ".weight"])
     rows = []
     for r in ranks:

@@ -7,6 +7,7 @@ A batch is a dict of NumPy arrays from ``minilora.data.datasets``:
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -16,11 +17,15 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm  # plain tqdm, not tqdm.auto: no widget JSON in notebooks
 
-from minilora.nn import backend
+from minilora import fast, io
 from minilora.data.datasets import TextData, iterate_batches
-from minilora.nn.model import GPT, save_model
+from minilora.fast import memory, parallel
+from minilora.nn import backend
+from minilora.nn.checkpoint import save_model
+from minilora.nn.loss import forward_loss
+from minilora.nn.loss import loss_and_grads as plain_loss_and_grads
+from minilora.nn.model import GPT
 from minilora.nn.optim import AdamW, clip_grad_norm, linear_warmup_decay
-from minilora.experiments.step import forward_loss, loss_and_grads
 
 
 class NonFiniteLossError(RuntimeError):
@@ -39,7 +44,8 @@ class TrainConfig:
     eval_every: int = 250        # steps between evaluations (and checkpoints)
     seed: int = 0                # batch order
     progress: bool = True        # show a tqdm progress bar
-    workers: int | None = None   # threads sharing each batch; None: one per core (minilora.experiments.step)
+    fast: bool = True            # the optimised kernels, worker threads and memory reuse of minilora.fast
+    workers: int | None = None   # with fast: threads sharing each batch; None: one per core (fast.parallel)
 
 
 @dataclass
@@ -81,28 +87,34 @@ def correct_rows(logits, batch) -> np.ndarray:
     return backend.to_numpy(ok)
 
 
-def evaluate(model: GPT, data, *, batch_size: int = 512) -> dict:
-    """Mean loss and exact-match accuracy of ``model`` over every example of ``data``."""
+def evaluate(model: GPT, data, *, batch_size: int = 512, fast: bool = True) -> dict:
+    """Mean loss and exact-match accuracy of ``model`` over every example of ``data``.
+
+    ``fast``: use minilora.fast's kernels (the same numbers up to float rounding).
+    """
     fields = ("x", "last", "labels") if hasattr(data, "labels") else ("x", "y", "mask")
     total_loss, correct, n = 0.0, 0, len(data)
-    for start in range(0, n, batch_size):
-        batch = to_backend({f: getattr(data, f)[start:start + batch_size] for f in fields})
-        loss, logits, _ = forward_loss(model, batch)
-        rows = len(batch["x"])
-        total_loss += loss * rows      # rows weigh equally (masked tokens are averaged per batch)
-        correct += int(correct_rows(logits, batch).sum())
+    with _speed_ups(model, fast):
+        for start in range(0, n, batch_size):
+            batch = to_backend({f: getattr(data, f)[start:start + batch_size] for f in fields})
+            loss, logits, _ = forward_loss(model, batch)
+            rows = len(batch["x"])
+            total_loss += loss * rows      # rows weigh equally (masked tokens are averaged per batch)
+            correct += int(correct_rows(logits, batch).sum())
     return {"loss": total_loss / n, "accuracy": correct / n}
 
 
-def evaluate_text(model: GPT, data: TextData, *, batches: int = 8, batch_size: int = 32, seed: int = 0) -> dict:
+def evaluate_text(model: GPT, data: TextData, *, batches: int = 8, batch_size: int = 32, seed: int = 0,
+                  fast: bool = True) -> dict:
     """Mean next-character loss and token accuracy on random windows of a text."""
     rng = np.random.default_rng(seed)
     losses, accs = [], []
-    for _ in range(batches):
-        batch = to_backend(data.sample(batch_size, rng))
-        loss, logits, _ = forward_loss(model, batch)
-        losses.append(loss)
-        accs.append(float(backend.to_numpy((logits.argmax(-1) == batch["y"]).mean())))
+    with _speed_ups(model, fast):
+        for _ in range(batches):
+            batch = to_backend(data.sample(batch_size, rng))
+            loss, logits, _ = forward_loss(model, batch)
+            losses.append(loss)
+            accs.append(float(backend.to_numpy((logits.argmax(-1) == batch["y"]).mean())))
     return {"loss": float(np.mean(losses)), "accuracy": float(np.mean(accs))}
 
 
@@ -134,35 +146,53 @@ def train(model: GPT, train_data, eval_data=None, config: TrainConfig | None = N
     save = save or (lambda m, d: save_model(m, d))
     hist = History(trainable_params=model.num_params(trainable_only=True))
     batches = _batches(train_data, cfg.batch_size, cfg.seed)
-    bar = tqdm(range(cfg.steps), desc=desc, disable=not cfg.progress, leave=False, mininterval=0.5)
-    step_time = 0.0
-    for step in bar:
-        opt.lr = linear_warmup_decay(step, total_steps=cfg.steps, warmup_steps=min(cfg.warmup_steps, cfg.steps),
-                                     base_lr=cfg.lr, min_lr=cfg.lr * cfg.min_lr_ratio)
-        t0 = time.perf_counter()
-        loss, grads = loss_and_grads(model, to_backend(next(batches)), workers=cfg.workers)
-        if not math.isfinite(loss):
-            _stop_non_finite(loss, step, opt.lr, hist)
-        if cfg.grad_clip:
-            clip_grad_norm(grads, cfg.grad_clip)
-        opt.step(model.params, grads)
-        backend.synchronize()
-        step_time += time.perf_counter() - t0
-        hist.steps.append(step)
-        hist.losses.append(loss)
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{loss:.3f}")
-        last = step == cfg.steps - 1
-        if eval_data is not None and ((step + 1) % cfg.eval_every == 0 or last):
-            hist.evals.append({"step": step + 1, **_evaluate_any(model, eval_data)})
-        if checkpoint_dir is not None and ((step + 1) % cfg.eval_every == 0 or last):
-            save(model, Path(checkpoint_dir))
-            hist.last_good_checkpoint = f"{checkpoint_dir} (step {step + 1})"
-    bar.close()
+    with _speed_ups(model, cfg.fast):
+        bar = tqdm(range(cfg.steps), desc=desc, disable=not cfg.progress, leave=False, mininterval=0.5)
+        step_time = 0.0
+        for step in bar:
+            opt.lr = linear_warmup_decay(step, total_steps=cfg.steps, warmup_steps=min(cfg.warmup_steps, cfg.steps),
+                                         base_lr=cfg.lr, min_lr=cfg.lr * cfg.min_lr_ratio)
+            t0 = time.perf_counter()
+            batch = to_backend(next(batches))
+            loss, grads = (parallel.loss_and_grads(model, batch, workers=cfg.workers) if cfg.fast
+                           else plain_loss_and_grads(model, batch))
+            if not math.isfinite(loss):
+                _stop_non_finite(loss, step, opt.lr, hist)
+            if cfg.grad_clip:
+                clip_grad_norm(grads, cfg.grad_clip)
+            opt.step(model.params, grads)
+            backend.synchronize()
+            step_time += time.perf_counter() - t0
+            hist.steps.append(step)
+            hist.losses.append(loss)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{loss:.3f}")
+            last = step == cfg.steps - 1
+            if eval_data is not None and ((step + 1) % cfg.eval_every == 0 or last):
+                hist.evals.append({"step": step + 1, **_evaluate_any(model, eval_data)})
+            if checkpoint_dir is not None and ((step + 1) % cfg.eval_every == 0 or last):
+                save(model, Path(checkpoint_dir))
+                hist.last_good_checkpoint = f"{checkpoint_dir} (step {step + 1})"
+        bar.close()
     hist.seconds = step_time
     hist.ms_per_step = 1000 * step_time / max(cfg.steps, 1)
     hist.optimizer_bytes = opt.state_bytes()
     return hist
+
+
+@contextlib.contextmanager
+def _speed_ups(model, on: bool):
+    """With ``on``: minilora.fast's kernels for this run, and freed memory kept for reuse (glibc).
+
+    They change no result beyond float rounding (tests/test_fast.py); ``TrainConfig(fast=False)``
+    trains with the textbook layers alone.
+    """
+    if not on:
+        yield
+        return
+    memory.keep_freed_memory()
+    with fast.use_kernels(model):
+        yield
 
 
 def _stop_non_finite(loss, step, lr, hist):
@@ -186,9 +216,4 @@ def plot_histories(histories: dict[str, History], path, *, title: str = "trainin
         ax.plot(np.arange(len(smooth)) + k - 1, smooth, label=label)
     ax.set(xlabel="step", ylabel="loss (20-step mean)", title=title, yscale="log")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return io.save_figure(fig, path)

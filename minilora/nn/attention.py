@@ -8,13 +8,15 @@ names exactly these four matrices). This module holds only what sits between the
     y   = att v
 
 Shapes: B batch, T time, C channels, NH heads, HS = C // NH head size.
+
+This is the textbook form. ``minilora.fast.attention`` computes the same numbers with less memory
+traffic (the scale on q, the softmax in place, the backward's row sums from dy . y), tested equal.
 """
 from __future__ import annotations
 
 import math
 
 from minilora.nn.backend import xp
-from minilora.nn.layers import sum_last
 
 
 def split_heads(x, n_head: int):
@@ -34,46 +36,42 @@ def causal_mask(T: int, dtype):
     return xp.triu(xp.full((T, T), -xp.inf, dtype=dtype), k=1)
 
 
-def attention_forward(q, k, v, n_head: int):
-    """Scaled dot-product attention with a causal mask.
+def softmax(scores):
+    """Softmax over the last axis, stable: subtract each row's max first (it cancels in the ratio)."""
+    e = xp.exp(scores - scores.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
 
-    q, k, v (B, T, C)  ->  y (B, T, C);  cache = (qs, kh, vh, att, scale, n_head, yh), where
-    qs = scale * qh, kh, vh and yh are (B, NH, T, HS) and att (B, NH, T, T) holds the softmax
-    weights.
+
+def attention_forward(q, k, v, n_head: int):
+    """Scaled dot-product attention with a causal mask (Vaswani et al. 2017, eq. 1).
+
+    q, k, v (B, T, C)  ->  y (B, T, C);  cache = (qh, kh, vh, att, scale, n_head), where qh, kh, vh
+    are (B, NH, T, HS) and att (B, NH, T, T) holds the softmax weights.
     """
     B, T, C = q.shape
     if C % n_head:
         raise ValueError(f"attention: C = {C} is not divisible by n_head = {n_head}")
     scale = 1.0 / math.sqrt(C // n_head)
-    # The scale goes on q, not on the scores: (q s) k^T = s (q k^T), and q is T/HS times smaller.
-    qs, kh, vh = split_heads(q * scale, n_head), split_heads(k, n_head), split_heads(v, n_head)
-    scores = qs @ kh.transpose(0, 1, 3, 2)                    # (B, NH, T, T)
-    scores += causal_mask(T, scores.dtype)                    # in place: (B, NH, T, T) is the largest buffer here
-    scores -= scores.max(axis=-1, keepdims=True)              # stable softmax
-    att = xp.exp(scores, out=scores)                          # reuse the buffer: att is (B, NH, T, T)
-    att /= sum_last(att)                                      # normalise each row
+    qh, kh, vh = split_heads(q, n_head), split_heads(k, n_head), split_heads(v, n_head)
+    scores = scale * (qh @ kh.transpose(0, 1, 3, 2)) + causal_mask(T, q.dtype)   # (B, NH, T, T)
+    att = softmax(scores)                                     # each row a distribution over past positions
     yh = att @ vh                                             # (B, NH, T, HS)
-    return merge_heads(yh), (qs, kh, vh, att, scale, n_head, yh)
+    return merge_heads(yh), (qh, kh, vh, att, scale, n_head)
 
 
 def attention_backward(dy, cache):
     """dy (B, T, C) -> dq, dk, dv, each (B, T, C). Read it as the forward, bottom to top."""
-    qs, kh, vh, att, scale, n_head, yh = cache
+    qh, kh, vh, att, scale, n_head = cache
     ### BEGIN SOLUTION
     dyh = split_heads(dy, n_head)                             # (B, NH, T, HS)
     # forward: yh = att @ vh
     datt = dyh @ vh.transpose(0, 1, 3, 2)                     # (B, NH, T, T)
     dvh = att.transpose(0, 1, 3, 2) @ dyh                     # (B, NH, T, HS)
-    # forward: att = softmax(scores): dscores = att * (datt - sum_j datt_j att_j).
-    # The row sums need no (B, NH, T, T) product: sum_j datt_ij att_ij = dy_i . (sum_j att_ij v_j)
-    # = dy_i . y_i, a sum over HS instead of T (the "D" of FlashAttention, Dao et al. 2022).
+    # forward: att = softmax(scores), row by row: dscores = att * (datt - sum_j datt_j att_j).
     # Masked positions have att = 0, so they get no gradient, as they should.
-    datt -= sum_last(dyh * yh)                                # in place in datt's buffer
-    dscores = datt
-    dscores *= att
-    # forward: scores = qs @ kh^T with qs = scale * qh
-    dqh = dscores @ kh
-    dqh *= scale
-    dkh = dscores.transpose(0, 1, 3, 2) @ qs
+    dscores = att * (datt - (datt * att).sum(axis=-1, keepdims=True))
+    # forward: scores = scale * qh @ kh^T
+    dqh = scale * (dscores @ kh)
+    dkh = scale * (dscores.transpose(0, 1, 3, 2) @ qh)
     ### END SOLUTION
     return merge_heads(dqh), merge_heads(dkh), merge_heads(dvh)

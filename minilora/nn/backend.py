@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import types
-from contextlib import contextmanager
 
 import numpy as np
 
@@ -124,7 +123,7 @@ def synchronize() -> None:
         _active.cuda.get_current_device().synchronize()
 
 
-# --------------------------------------------------------------------------- CPU threads
+# --------------------------------------------------------------------------- CPU cores
 def cpu_count() -> int:
     """CPU cores this process may run on (its affinity mask where the OS reports one)."""
     try:
@@ -132,69 +131,6 @@ def cpu_count() -> int:
     except AttributeError:  # macOS and Windows have no sched_getaffinity
         return os.cpu_count() or 1
 
-
-@contextmanager
-def blas_threads(n: int):
-    """Inside the block, NumPy's BLAS uses at most ``n`` threads (nothing changes on CuPy).
-
-    For data parallelism (``minilora.experiments.step``): each worker thread runs its own single-threaded
-    matrix products, instead of every worker asking BLAS for all cores at once. The limit is
-    set through threadpoolctl, which finds the BLAS NumPy loaded (OpenBLAS, MKL, BLIS) and uses
-    that library's own call for it; the previous limit comes back on leaving the block.
-    """
-    global _blas_controller
-    if _name != "numpy":
-        yield
-        return
-    if _blas_controller is None:  # finding the loaded libraries takes ~0.3 ms: do it once
-        from threadpoolctl import ThreadpoolController
-
-        _blas_controller = ThreadpoolController()
-    with _blas_controller.limit(limits=n, user_api="blas"):
-        yield
-
-
-_blas_controller = None
-
-
-# --------------------------------------------------------------------------- CPU memory
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8   # mallopt parameters (glibc's malloc.h)
-_kept_freed_memory: bool | None = None
-
-
-def keep_freed_memory(*, largest_block: int = 64 << 20, keep: int = 1 << 30) -> bool:
-    """Let glibc's malloc reuse freed NumPy buffers instead of handing them back to the kernel.
-
-    A training step allocates and frees the same few hundred MB of activations every step. By
-    default glibc returns large freed blocks to the kernel (munmap, or trimming the heap), so the
-    next step writes to brand-new pages: tens of thousands of page faults per step, each a trip
-    into the kernel to map and zero 4 KiB; about 15% of a step on a 2-core machine. CuPy has a
-    memory pool for the same reason; for NumPy, minilora asks glibc to serve blocks up to
-    ``largest_block`` bytes from its heap and to keep up to ``keep`` freed bytes there, and to
-    use that one heap for every thread (per-thread heaps are unmapped whenever they empty, which
-    the worker threads of ``minilora.experiments.step`` would do every step).
-
-    Called by ``minilora.experiments.step.forward_loss`` (training and evaluation). Process-wide; does nothing on
-    CuPy, off glibc (macOS, musl) or with MINILORA_KEEP_FREED_MEMORY=0. Returns whether the
-    setting is in force.
-    """
-    global _kept_freed_memory
-    if _kept_freed_memory is None and _name == "numpy":
-        _kept_freed_memory = (os.environ.get("MINILORA_KEEP_FREED_MEMORY", "1") != "0"
-                              and _glibc_mallopt({_M_ARENA_MAX: 1, _M_MMAP_THRESHOLD: largest_block,
-                                                  _M_TRIM_THRESHOLD: keep}))
-    return bool(_kept_freed_memory)
-
-
-def _glibc_mallopt(settings: dict) -> bool:
-    """Apply mallopt(param, value) for each setting; False where the C library is not glibc."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        return all(libc.mallopt(param, value) == 1 for param, value in settings.items())
-    except (OSError, AttributeError):
-        return False
 
 
 # pick the backend named in the environment once, at import

@@ -19,26 +19,30 @@ Parameters live in one flat dict with dotted names (weights stored (d_out, d_in)
 ``model.trainable`` is the set of names that get gradients. A frozen parameter gets no
 gradient computed at all; that skipped work is where LoRA's savings come from.
 
-Every linear layer goes through ``_linear``/``_linear_backward``. A module that wants to change
-how one linear layer computes (LoRA does) registers a hook in ``model.linear_hooks[name]``; the
-model itself knows nothing about LoRA.
+Every linear layer, the heads included, is data: ``model.linears[name]`` is a
+``minilora.nn.linears.LinearSpec`` naming its kind ("linear" for a plain layer) and the params it
+reads. The LM head is the linear "lm_head" reading ``wte.weight`` (tied); a classification head is
+the linear "head". The model runs each through its kind's forward/backward pair, so an adapter
+(LoRA, DoRA, ...) changes a layer by changing its spec, and the model knows nothing about them.
+Layer norm, GELU and attention go through ``model.kernels`` (textbook forms by default; see
+``minilora.nn.kernels``).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
 from minilora.nn import backend
-from minilora import io
-from minilora.nn.attention import attention_backward, attention_forward
 from minilora.nn.backend import xp
-from minilora.nn.layers import (embedding_backward, embedding_forward, gelu_backward, gelu_forward,
-                             layernorm_backward, layernorm_forward, linear_backward, linear_forward)
+from minilora.nn.kernels import TEXTBOOK
+from minilora.nn.layers import embedding_backward, embedding_forward
+from minilora.nn.linears import LinearSpec, get_kind, plain
 
-# The linear layers of one block, by their name under ``blocks.{i}.``.
+# The linear layers of one block, by their name under ``blocks.{i}.``, and the short names users
+# write for them (LoRA's target_modules, an adapter's modules_to_save): "wq" -> "attn.wq".
 BLOCK_LINEARS = ("attn.wq", "attn.wk", "attn.wv", "attn.wo", "mlp.fc", "mlp.proj")
+SHORT_NAMES = {name.split(".")[-1]: name for name in BLOCK_LINEARS}
 
 
 # --------------------------------------------------------------------------- config
@@ -104,22 +108,40 @@ def init_params(config: GPTConfig, *, seed: int = 0, dtype=None) -> dict:
 
 # --------------------------------------------------------------------------- the model
 class GPT:
-    """The model: a params dict, the trainable set, forward and backward."""
+    """The model: a params dict, the trainable set, its linear layers as data, forward and backward."""
 
     def __init__(self, config: GPTConfig, params: dict | None = None, *, seed: int = 0, dtype=None):
         self.config = config
         self.params = params if params is not None else init_params(config, seed=seed, dtype=dtype)
         self.trainable: set[str] = set(self.params)
-        self.linear_hooks: dict = {}      # name -> hook with .forward/.backward (see module doc)
+        self.linears: dict[str, LinearSpec] = {name: plain(name) for name in config.linear_names()}
+        self.linears["lm_head"] = plain("wte", bias=False)        # tied: logits = h @ wte.T
+        if "head.weight" in self.params:                          # a checkpoint with a task head
+            self.linears["head"] = plain("head")
+        self.kernels = TEXTBOOK                                   # layer norm, GELU, attention, loss
+        self.rng = backend.rng(seed)                              # random numbers of training forwards (dropout)
 
     @property
     def dtype(self):
         return self.params["wte.weight"].dtype
 
+    @property
+    def stochastic(self) -> bool:
+        """True when a training forward draws random numbers (a layer with dropout)."""
+        return any(get_kind(s.kind).stochastic(s.options) for s in self.linears.values())
+
+    def own_param_names(self) -> list[str]:
+        """The model's own parameters (the base and any task head), without tensors adapters added."""
+        names = list(param_shapes(self.config))
+        return names + [k for k in ("head.weight", "head.bias") if k in self.params]
+
     # ---------------------------------------------------------------- parameters
     def freeze(self, names=None):
         """Stop gradients for ``names`` (default: every parameter)."""
-        self.trainable -= set(self.params if names is None else names)
+        if names is None:
+            self.trainable.clear()
+        else:
+            self.trainable -= set(names)
 
     def unfreeze(self, names=None):
         """Train ``names`` (default: every parameter)."""
@@ -133,11 +155,12 @@ class GPT:
         return sum(int(v.size) for k, v in self.params.items() if not trainable_only or k in self.trainable)
 
     def add_classification_head(self, n_classes: int, *, seed: int = 0):
-        """A new, trainable task head (K, C) that reads the hidden state of one token."""
+        """A new, trainable task head (K, C): the linear "head", reading the hidden state of one token."""
         rng = backend.rng(seed)
         C = self.config.n_embd
         self.params["head.weight"] = backend.asarray(rng.normal(0.0, 0.02, (n_classes, C)), dtype=self.dtype)
         self.params["head.bias"] = backend.asarray(np.zeros(n_classes), dtype=self.dtype)
+        self.linears["head"] = plain("head")
         self.trainable |= {"head.weight", "head.bias"}
 
     # ---------------------------------------------------------------- input checks
@@ -154,32 +177,30 @@ class GPT:
             raise ValueError(f"token ids must lie in [0, {V}); got values in [{lo}, {hi}]. "
                              f"Encode text with the model's own tokenizer")
 
-    # ---------------------------------------------------------------- linear layers (hookable)
+    # ---------------------------------------------------------------- layers, through their specs
     def _linear(self, name, x, training):
-        hook = self.linear_hooks.get(name)
-        if hook is not None:
-            return hook.forward(self, name, x, training)
-        return linear_forward(x, self.params[name + ".weight"], self.params[name + ".bias"])
+        """Run linear layer ``name`` as its spec says: its kind's forward on the tensors it names."""
+        spec = self.linears[name]
+        t = {role: self.params[p] for role, p in spec.tensors.items()}
+        return get_kind(spec.kind).forward(x, t, training=training, rng=self.rng, **spec.options)
 
     def _linear_backward(self, name, dy, cache, grads):
-        hook = self.linear_hooks.get(name)
-        if hook is not None:
-            return hook.backward(self, name, dy, cache, grads)
-        w, b = name + ".weight", name + ".bias"
-        dx, dW, db = linear_backward(dy, cache, weight_grad=w in self.trainable)
-        if w in self.trainable:
-            grads[w] = dW
-        if b in self.trainable:
-            grads[b] = db if db is not None else dy.reshape(-1, dy.shape[-1]).sum(axis=0)
+        """dx of linear layer ``name``; gradients go into ``grads`` for its trainable tensors only."""
+        spec = self.linears[name]
+        needs = frozenset(role for role, p in spec.tensors.items() if p in self.trainable)
+        dx, role_grads = get_kind(spec.kind).backward(dy, cache, needs)
+        for role, g in role_grads.items():
+            _accumulate(grads, spec.tensors[role], g)
         return dx
 
     def _layernorm(self, name, x):
-        return layernorm_forward(x, self.params[name + ".weight"], self.params[name + ".bias"],
-                                 self.config.ln_eps)
+        return self.kernels.layernorm_forward(x, self.params[name + ".weight"], self.params[name + ".bias"],
+                                              self.config.ln_eps)
 
     def _layernorm_backward(self, name, dy, cache, grads):
         keys = (name + ".weight", name + ".bias")
-        dx, dgamma, dbeta = layernorm_backward(dy, cache, param_grads=any(k in self.trainable for k in keys))
+        dx, dgamma, dbeta = self.kernels.layernorm_backward(
+            dy, cache, param_grads=any(k in self.trainable for k in keys))
         for key, g in zip(keys, (dgamma, dbeta)):
             if key in self.trainable:
                 grads[key] = g
@@ -188,17 +209,17 @@ class GPT:
     # ---------------------------------------------------------------- one block
     def _block_forward(self, i, x, training):
         """x (B, T, C) -> x (B, T, C): x + attn(ln1(x)), then x + mlp(ln2(x))."""
-        p = f"blocks.{i}."
+        p, k = f"blocks.{i}.", self.kernels
         h, c_ln1 = self._layernorm(p + "ln1", x)                  # (B, T, C)
         q, c_q = self._linear(p + "attn.wq", h, training)         # (B, T, C)
-        k, c_k = self._linear(p + "attn.wk", h, training)
+        kk, c_k = self._linear(p + "attn.wk", h, training)
         v, c_v = self._linear(p + "attn.wv", h, training)
-        a, c_att = attention_forward(q, k, v, self.config.n_head)  # (B, T, C)
+        a, c_att = k.attention_forward(q, kk, v, self.config.n_head)   # (B, T, C)
         o, c_o = self._linear(p + "attn.wo", a, training)
         x = x + o                                                 # residual
         h2, c_ln2 = self._layernorm(p + "ln2", x)
         f, c_fc = self._linear(p + "mlp.fc", h2, training)        # (B, T, 4C)
-        g, c_gelu = gelu_forward(f)
+        g, c_gelu = k.gelu_forward(f)
         m, c_proj = self._linear(p + "mlp.proj", g, training)     # (B, T, C)
         x = x + m                                                 # residual
         return x, (c_ln1, c_q, c_k, c_v, c_att, c_o, c_ln2, c_fc, c_gelu, c_proj)
@@ -206,15 +227,15 @@ class GPT:
     def _block_backward(self, i, dx, cache, grads):
         """dx (B, T, C) -> dx (B, T, C); the forward read upside down."""
         c_ln1, c_q, c_k, c_v, c_att, c_o, c_ln2, c_fc, c_gelu, c_proj = cache
-        p = f"blocks.{i}."
+        p, k = f"blocks.{i}.", self.kernels
         # forward: x = x + m  -> dx flows on unchanged and also into the MLP branch
         dg = self._linear_backward(p + "mlp.proj", dx, c_proj, grads)
-        df = gelu_backward(dg, c_gelu)
+        df = k.gelu_backward(dg, c_gelu)
         dh2 = self._linear_backward(p + "mlp.fc", df, c_fc, grads)
         dx = dx + self._layernorm_backward(p + "ln2", dh2, c_ln2, grads)
         # forward: x = x + o  -> the same for the attention branch
         da = self._linear_backward(p + "attn.wo", dx, c_o, grads)
-        dq, dk, dv = attention_backward(da, c_att)
+        dq, dk, dv = k.attention_backward(da, c_att)
         # h fed three projections (fan-out), so its gradient is the sum of three
         dh = self._linear_backward(p + "attn.wq", dq, c_q, grads)
         dh += self._linear_backward(p + "attn.wk", dk, c_k, grads)
@@ -227,8 +248,7 @@ class GPT:
         self._check_tokens(idx)
         T = idx.shape[1]
         tok, c_tok = embedding_forward(idx, self.params["wte.weight"])        # (B, T, C)
-        pos = self.params["wpe.weight"][:T]                                  # (T, C)
-        x = tok + pos
+        x = tok + self.params["wpe.weight"][:T]                              # positions (T, C) broadcast
         c_blocks = []
         for i in range(self.config.n_layer):
             x, c = self._block_forward(i, x, training)
@@ -247,116 +267,44 @@ class GPT:
             dwpe[:T] = dx.sum(axis=0)
             grads["wpe.weight"] = dwpe
         if "wte.weight" in self.trainable:
-            dwte = embedding_backward(dx, c_tok)
-            # wte is used twice (embedding and tied LM head): the two gradients add
-            grads["wte.weight"] = grads["wte.weight"] + dwte if "wte.weight" in grads else dwte
+            _accumulate(grads, "wte.weight", embedding_backward(dx, c_tok))
 
     # ---------------------------------------------------------------- public forward/backward
     def forward(self, idx, *, training: bool = False):
-        """Language-model logits. idx (B, T) -> logits (B, T, V), cache."""
-        h, c_trunk = self._trunk_forward(idx, training)
-        logits, c_head = linear_forward(h, self.params["wte.weight"], None)  # tied head: h @ wte.T
-        return logits, ("lm", c_trunk, c_head)
+        """Language-model logits from the head "lm_head". idx (B, T) -> logits (B, T, V), cache."""
+        return self._forward(idx, None, "lm_head", training)
 
     def classify(self, idx, last, *, training: bool = False):
-        """Class logits from the hidden state at position ``last`` of each row.
+        """Class logits from the head "head", reading the hidden state at position ``last`` of each row.
 
         idx (B, T), last (B,) integer  ->  logits (B, K), cache.
         """
-        if "head.weight" not in self.params:
+        if "head" not in self.linears:
             raise ValueError("this model has no classification head; call add_classification_head(K) first")
-        h, c_trunk = self._trunk_forward(idx, training)
-        rows = xp.arange(idx.shape[0])
-        pooled = h[rows, last]                                                # (B, C)
-        logits, c_head = linear_forward(pooled, self.params["head.weight"], self.params["head.bias"])
-        return logits, ("cls", c_trunk, c_head, last, h.shape)
+        return self._forward(idx, last, "head", training)
+
+    def _forward(self, idx, last, head, training):
+        """The one path of both heads; the cache has one shape: (trunk cache, last, head, head cache)."""
+        h, c_trunk = self._trunk_forward(idx, training)                          # (B, T, C)
+        if last is not None:
+            h = h[xp.arange(idx.shape[0]), last]                                 # (B, C): one position per row
+        logits, c_head = self._linear(head, h, training)                         # (B, T, V) or (B, K)
+        return logits, (c_trunk, last, head, c_head)
 
     def backward(self, dlogits, cache) -> dict:
         """Gradients of every trainable parameter (and only those), keyed like ``params``."""
+        c_trunk, last, head, c_head = cache
         grads: dict = {}
-        if cache[0] == "lm":
-            _, c_trunk, c_head = cache
-            dh, dwte, _ = linear_backward(dlogits, c_head, weight_grad="wte.weight" in self.trainable)
-            if dwte is not None:
-                grads["wte.weight"] = dwte
-        else:
-            _, c_trunk, c_head, last, h_shape = cache
-            dpooled = self._linear_backward_head(dlogits, c_head, grads)
-            dh = xp.zeros(h_shape, dtype=dlogits.dtype)
-            dh[xp.arange(h_shape[0]), last] = dpooled                           # only the read position
+        dh = self._linear_backward(head, dlogits, c_head, grads)
+        if last is not None:                                     # forward: h = h_all[rows, last]
+            _, T, _, _ = c_trunk
+            pooled = dh
+            dh = xp.zeros((pooled.shape[0], T, pooled.shape[1]), dtype=pooled.dtype)
+            dh[xp.arange(pooled.shape[0]), last] = pooled        # only the read position gets a gradient
         self._trunk_backward(dh, c_trunk, grads)
         return grads
 
-    def _linear_backward_head(self, dlogits, c_head, grads):
-        dx, dW, db = linear_backward(dlogits, c_head, weight_grad="head.weight" in self.trainable)
-        if "head.weight" in self.trainable:
-            grads["head.weight"], grads["head.bias"] = dW, db
-        return dx
 
-
-class WrappedModel:
-    """The model interface (params, trainable, forward, classify, backward, num_params) passed through
-    to a wrapped GPT, so one training loop trains a GPT, a LoRA model or an adapter model alike."""
-
-    def __init__(self, model: GPT):
-        self.model = model
-
-    params = property(lambda self: self.model.params)
-    trainable = property(lambda self: self.model.trainable)
-    config = property(lambda self: self.model.config)
-    dtype = property(lambda self: self.model.dtype)
-
-    def forward(self, idx, *, training=False):
-        return self.model.forward(idx, training=training)
-
-    def classify(self, idx, last, *, training=False):
-        return self.model.classify(idx, last, training=training)
-
-    def backward(self, dlogits, cache):
-        return self.model.backward(dlogits, cache)
-
-    def num_params(self, trainable_only: bool = False) -> int:
-        return self.model.num_params(trainable_only)
-
-
-# --------------------------------------------------------------------------- files
-def base_params(model: GPT) -> dict:
-    """The base model's parameters: everything but adapter weights (names with 'lora_')."""
-    return {k: v for k, v in model.params.items() if ".lora_" not in k and ".adapter_" not in k}
-
-
-def save_model(model: GPT, directory, *, extra: dict | None = None) -> Path:
-    """Write model.safetensors + config.json into ``directory`` (each file atomically)."""
-    directory = Path(directory)
-    params = base_params(model)
-    io.save_tensors(directory / "model.safetensors", params)
-    io.write_json(directory / "config.json", {
-        "format": "minilora.model", "version": 1, "config": asdict(model.config),
-        "fingerprint": io.fingerprint(params), "extra": extra or {}})
-    return directory
-
-
-def load_model(directory, *, dtype=None) -> tuple[GPT, dict]:
-    """Read a model saved by ``save_model``; returns (model, extra). Checks shapes and fingerprint."""
-    directory = Path(directory)
-    meta = io.read_json(directory / "config.json")
-    if meta.get("format") != "minilora.model":
-        raise io.CheckpointError(f"{directory / 'config.json'} is not a minilora model config "
-                                 f"(format = {meta.get('format')!r}); was it written by save_model?")
-    config = GPTConfig(**meta["config"])
-    tensors, _ = io.load_tensors(directory / "model.safetensors")
-    if io.fingerprint(tensors) != meta.get("fingerprint"):
-        raise io.CheckpointError(f"{directory}: model.safetensors does not match config.json "
-                                 f"(fingerprint differs); the two files come from different saves")
-    expected = param_shapes(config)
-    if "head.weight" in tensors:
-        expected.update({"head.weight": tensors["head.weight"].shape, "head.bias": tensors["head.bias"].shape})
-    for name, shape in expected.items():
-        got = tensors.get(name)
-        if got is None or tuple(got.shape) != tuple(shape):
-            raise io.CheckpointError(
-                f"{directory}: parameter {name} should have shape {shape} for config {config}, "
-                f"found {None if got is None else tuple(got.shape)}; the checkpoint and its config do not match")
-    dtype = dtype or backend.default_dtype()
-    params = {k: backend.asarray(v, dtype=dtype) for k, v in tensors.items()}
-    return GPT(config, params), meta.get("extra", {})
+def _accumulate(grads: dict, name: str, g) -> None:
+    """grads[name] += g, or set it: a parameter used twice (wte: embedding and tied LM head) gets both."""
+    grads[name] = grads[name] + g if name in grads else g

@@ -1,10 +1,6 @@
-"""One training step's loss and gradients, on one thread or on several (data parallelism).
+"""One training step's loss and gradients with the batch shared by worker threads (data parallelism).
 
-A batch is a dict of arrays on the active backend (see ``minilora.data.datasets``):
-    generation:      x (B, T), y (B, T) next-token targets, mask (B, T) 1 on answer tokens
-    classification:  x (B, T), last (B,) position the head reads, labels (B,)
-
-Why threads. NumPy runs a matrix product on every core (through BLAS) but an elementwise
+Batches are those of ``minilora.nn.loss``. Why threads. NumPy runs a matrix product on every core (through BLAS) but an elementwise
 operation (GELU, layer norm, softmax, the optimizer) on one. In minilora's training step about
 40% of the time is elementwise, and during it the other cores sit idle. The remedy is the one
 used across GPUs, applied across cores: cut the batch into shards along B, give each worker
@@ -23,35 +19,18 @@ independent.) Results differ from one thread only by float rounding.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 from minilora.nn import backend
-from minilora.nn.layers import cross_entropy_backward, cross_entropy_forward
+from minilora.nn.loss import loss_and_grads as plain_loss_and_grads
 
 # A shard of fewer tokens than this gives its thread too little work to pay for the hand-off
 # (measured on 2 cores at C = 128: 2 workers win from about 500 tokens per batch, lose below 256).
 MIN_SHARD_TOKENS = 256
 
 
-def forward_loss(model, batch: dict, *, training: bool = False):
-    """Mean loss of one batch. Returns (loss, logits, forward caches)."""
-    backend.keep_freed_memory()               # once per process; see its docstring
-    if "labels" in batch:
-        logits, cache = model.classify(batch["x"], batch["last"], training=training)   # (B, K)
-        loss, ce_cache = cross_entropy_forward(logits, batch["labels"])
-    else:
-        logits, cache = model.forward(batch["x"], training=training)                 # (B, T, V)
-        loss, ce_cache = cross_entropy_forward(logits, batch["y"], batch["mask"])
-    return loss, logits, (cache, ce_cache)
-
-
-def _weighted_loss_and_grads(model, batch: dict, weight: float, training: bool):
-    """(weight * loss, weight * gradients) of one batch or shard."""
-    loss, _, (cache, ce_cache) = forward_loss(model, batch, training=training)
-    return weight * loss, model.backward(cross_entropy_backward(ce_cache, weight), cache)
-
-
-def loss_and_grads(model, batch: dict, *, training: bool = True, workers: int | None = 1):
-    """Loss and the gradients of the trainable parameters for one batch (on the backend).
+def loss_and_grads(model, batch: dict, *, training: bool = True, workers: int | None = None):
+    """Loss and the gradients of the trainable parameters for one batch, as ``minilora.nn.loss``.
 
     ``workers``: threads that share the batch (see the module docstring). 1 runs the plain
     step; None picks ``default_workers``. A model whose training forward draws random numbers
@@ -61,14 +40,14 @@ def loss_and_grads(model, batch: dict, *, training: bool = True, workers: int | 
     if workers < 1:
         raise ValueError(f"workers must be >= 1 (or None for automatic), got {workers}")
     if workers == 1 or backend.backend_name() != "numpy" or getattr(model, "stochastic", False):
-        return _weighted_loss_and_grads(model, batch, 1.0, training)
+        return plain_loss_and_grads(model, batch, training=training)
     shards = [s for s in split_batch(batch, workers) if loss_positions(s) > 0]
     n = sum(loss_positions(s) for s in shards)
     if len(shards) < 2:                       # everything that counts sits in one shard
-        return _weighted_loss_and_grads(model, batch, 1.0, training)
-    with backend.blas_threads(1):
+        return plain_loss_and_grads(model, batch, training=training)
+    with blas_threads(1):
         results = list(_thread_pool(len(shards)).map(
-            lambda s: _weighted_loss_and_grads(model, s, loss_positions(s) / n, training), shards))
+            lambda s: plain_loss_and_grads(model, s, training=training, weight=loss_positions(s) / n), shards))
     loss, grads = results[0]
     for shard_loss, shard_grads in results[1:]:
         loss += shard_loss
@@ -111,3 +90,27 @@ def loss_positions(batch: dict) -> float:
     if "labels" in batch:
         return float(len(batch["labels"]))
     return float(batch["mask"].sum())
+
+
+@contextmanager
+def blas_threads(n: int):
+    """Inside the block, NumPy's BLAS uses at most ``n`` threads (nothing changes on CuPy).
+
+    For the worker threads above: each worker thread runs its own single-threaded
+    matrix products, instead of every worker asking BLAS for all cores at once. The limit is
+    set through threadpoolctl, which finds the BLAS NumPy loaded (OpenBLAS, MKL, BLIS) and uses
+    that library's own call for it; the previous limit comes back on leaving the block.
+    """
+    global _blas_controller
+    if backend.backend_name() != "numpy":
+        yield
+        return
+    if _blas_controller is None:  # finding the loaded libraries takes ~0.3 ms: do it once
+        from threadpoolctl import ThreadpoolController
+
+        _blas_controller = ThreadpoolController()
+    with _blas_controller.limit(limits=n, user_api="blas"):
+        yield
+
+
+_blas_controller = None

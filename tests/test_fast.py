@@ -1,4 +1,8 @@
-"""Specification of the training step on several threads: it is the one-thread step, exactly."""
+"""Specification of minilora.fast: the optimised forms compute what the textbook forms compute.
+
+Kernels (layer norm, GELU, attention) equal the textbook layers in float64, forward and backward;
+the step on several threads is the one-thread step; freed memory is reused.
+"""
 import os
 import subprocess
 import sys
@@ -7,16 +11,82 @@ import numpy as np
 import pytest
 
 from minilora.nn import backend
-from minilora.adapters.lora import LoraConfig
+from minilora.adapters.config import LoraConfig
 from minilora.adapters.lora_model import LoraModel
 from minilora.nn.model import GPT, GPTConfig
-from minilora.experiments.step import MIN_SHARD_TOKENS, default_workers, loss_and_grads, split_batch
+from minilora import fast
+from minilora.fast import memory
+from minilora.fast.parallel import MIN_SHARD_TOKENS, blas_threads, default_workers, loss_and_grads, split_batch
+from minilora.nn import attention, layers
+from minilora.nn.kernels import TEXTBOOK
 from minilora.experiments.train import TrainConfig, train
 from minilora.data.datasets import make_dataset
 
 from helpers import randomize
 
 CONFIG = GPTConfig(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=8)
+
+
+# --------------------------------------------------------------------------- kernels equal the textbook
+def assert_close(fast_value, textbook_value, what):
+    np.testing.assert_allclose(fast_value, textbook_value, rtol=1e-12, atol=1e-14,
+                               err_msg=f"{what}: the fast form differs from the textbook form")
+
+
+def test_fast_layernorm_equals_the_textbook_layernorm_forward_and_backward(rng):
+    """In-place arithmetic and BLAS row means give the textbook numbers (float64)."""
+    x, gamma, beta, dy = (rng.standard_normal(s) for s in ((3, 5, 16), (16,), (16,), (3, 5, 16)))
+    y_t, c_t = layers.layernorm_forward(x, gamma, beta)
+    y_f, c_f = fast.kernels.layernorm_forward(x.copy(), gamma, beta)
+    assert_close(y_f, y_t, "layernorm forward")
+    for g_f, g_t, what in zip(fast.kernels.layernorm_backward(dy, c_f), layers.layernorm_backward(dy, c_t),
+                              ("dx", "dgamma", "dbeta")):
+        assert_close(g_f, g_t, f"layernorm {what}")
+
+
+def test_fast_gelu_equals_the_textbook_gelu_forward_and_backward(rng):
+    """The in-place GELU computes the tanh formula and its derivative exactly as written (float64)."""
+    x, dy = 2.0 * rng.standard_normal((4, 7, 32)), rng.standard_normal((4, 7, 32))
+    y_t, c_t = layers.gelu_forward(x)
+    y_f, c_f = fast.kernels.gelu_forward(x)
+    assert_close(y_f, y_t, "gelu forward")
+    assert_close(fast.kernels.gelu_backward(dy, c_f), layers.gelu_backward(dy, c_t), "gelu backward")
+
+
+def test_fast_attention_equals_the_textbook_attention_forward_and_backward(rng):
+    """Scale on q, softmax in place and row sums from dy . y: the same dq, dk, dv (float64)."""
+    q, k, v, dy = (rng.standard_normal((2, 6, 8)) for _ in range(4))
+    y_t, c_t = attention.attention_forward(q, k, v, 2)
+    y_f, c_f = fast.attention.attention_forward(q, k, v, 2)
+    assert_close(y_f, y_t, "attention forward")
+    for g_f, g_t, what in zip(fast.attention.attention_backward(dy, c_f), attention.attention_backward(dy, c_t),
+                              ("dq", "dk", "dv")):
+        assert_close(g_f, g_t, f"attention {what}")
+
+
+def test_a_model_with_fast_kernels_gives_the_textbook_logits_and_gradients(rng):
+    """Swapping the kernel set changes no logit and no gradient beyond rounding (float64, whole model)."""
+    model = float64_model()
+    batch = uneven_lm_batch(rng)
+    loss_t, grads_t = loss_and_grads(model, batch, workers=1)
+    with fast.use_kernels(model):
+        assert model.kernels is fast.FAST
+        loss_f, grads_f = loss_and_grads(model, batch, workers=1)
+    assert model.kernels is TEXTBOOK, "the model's own kernel set must come back after the block"
+    assert loss_f == pytest.approx(loss_t, rel=1e-12)
+    for name in grads_t:
+        assert_close(grads_f[name], grads_t[name], name)
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 5), (2, 3, 4, 6)])
+def test_row_sums_and_means_equal_numpy_reductions_over_the_last_axis(shape, rng):
+    x = rng.standard_normal(shape)
+    assert fast.kernels.sum_last(x).shape == shape[:-1] + (1,)
+    assert np.allclose(fast.kernels.sum_last(x), x.sum(axis=-1, keepdims=True), rtol=1e-13, atol=1e-13)
+    assert np.allclose(fast.kernels.mean_last(x[..., ::2]), x[..., ::2].mean(axis=-1, keepdims=True), rtol=1e-13, atol=1e-13)
+
+
+# --------------------------------------------------------------------------- worker threads
 
 
 def float64_model(seed=0):
@@ -104,12 +174,12 @@ def test_lora_dropout_keeps_its_masks_reproducible_on_many_workers():
 
 def test_blas_thread_limit_applies_inside_the_block_and_is_lifted_after():
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    def blas_threads():
+    def blas_thread_counts():
         return [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
-    before = blas_threads()
-    with backend.blas_threads(1):
-        assert all(n == 1 for n in blas_threads())
-    assert blas_threads() == before
+    before = blas_thread_counts()
+    with blas_threads(1):
+        assert all(n == 1 for n in blas_thread_counts())
+    assert blas_thread_counts() == before
 
 
 def test_training_on_two_workers_is_reproducible_and_learns():
@@ -127,8 +197,11 @@ import resource, numpy as np
 from minilora.nn import backend
 from minilora.nn.model import GPT, GPTConfig
 from minilora.nn.optim import AdamW
-from minilora.experiments.step import loss_and_grads
+from minilora.fast import FAST, memory
+from minilora.fast.parallel import loss_and_grads
+memory.keep_freed_memory()
 model = GPT(GPTConfig(vocab_size=64, block_size=64, n_layer=2, n_head=4, n_embd=128), seed=0)
+model.kernels = FAST
 rng = np.random.default_rng(0)
 batch = {"x": rng.integers(0, 64, (16, 64)), "y": rng.integers(0, 64, (16, 64)), "mask": np.ones((16, 64), np.float32)}
 opt = AdamW()
@@ -139,7 +212,7 @@ for _ in range(3):
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(5):
     step()
-print(backend.keep_freed_memory(), (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
+print(memory.keep_freed_memory(), (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
 """
 
 

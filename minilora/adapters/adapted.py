@@ -1,0 +1,297 @@
+"""Adapters on a frozen GPT, as data: add, switch, disable, merge, save and load them (PEFT's words).
+
+An adapter config (``LoraConfig``, ``AdapterConfig``, ...) builds an adapter's parts for a model:
+
+    tensors   its own tensors by file key, e.g. "blocks.0.attn.wq.lora_A.weight" -> A (r, C)
+    specs     the linear layers it changes, as ``LinearSpec``s reading base params or its own keys
+    saved     base params it trains its own copy of (modules_to_save, biases), e.g. "head.weight"
+
+``AdaptedModel`` stores each tensor in ``model.params`` as "{key}.{adapter}" and keeps each
+adapter's layout (module -> spec, pointing at those names). Setting an adapter installs its layout
+into ``model.linears``; disabling restores the base specs. Switching adapters swaps specs, which
+are data; no array moves. Merging folds each layer that can be folded (its kind has ``merge``)
+into W0, in place, and runs the plain layer until ``unmerge_adapter``.
+
+It offers the model's interface (params, trainable, config, dtype, kernels, forward, classify,
+backward, num_params), so one training loop trains a GPT and an adapted GPT alike.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from minilora import io
+from minilora.adapters import files
+from minilora.nn import backend
+from minilora.nn.backend import xp
+from minilora.nn.linears import LinearSpec, get_kind
+from minilora.nn.model import GPT, SHORT_NAMES, param_shapes
+
+
+@dataclass
+class AdapterParts:
+    """What a config builds for one adapter (see the module docstring)."""
+    tensors: dict                                   # file key -> array: the adapter's own tensors
+    specs: dict                                     # module -> LinearSpec (refers to base names or own keys)
+    saved: list = field(default_factory=list)       # base params the adapter trains a copy of
+    frozen: set = field(default_factory=set)        # own keys that stay frozen (e.g. LoRA-FA's A)
+
+
+def saved_param_names(linears: dict, modules) -> list[str]:
+    """The params of the linear modules named in ``modules`` ("head", "wq", "blocks.0.mlp.fc", ...).
+
+    A name matches a module equal to it or ending in ".{name}"; short block names are expanded
+    ("wq" -> "attn.wq"). The tied LM head shares wte with the embedding, so it cannot be copied.
+    """
+    names = []
+    for m in modules:
+        full = SHORT_NAMES.get(m, m)
+        found = [n for n in linears if n == full or n.endswith("." + full)]
+        if not found or "lm_head" in found:
+            raise ValueError(f"modules_to_save entry {m!r} matches no linear module that can be trained as a "
+                             f"copy; e.g. 'head' (after add_classification_head) or a block linear such as 'wq'")
+        names += [p for n in found for p in linears[n].tensors.values()]
+    return sorted(set(names))
+
+
+class AdaptedModel:
+    """A frozen GPT with named adapters; one is active at a time."""
+
+    def __init__(self, model: GPT, config=None, adapter_name: str = "default"):
+        adapted = sorted(m for m, s in model.linears.items() if s.kind != "linear")
+        if adapted:
+            raise ValueError(f"this GPT already carries adapters ({adapted[:3]} ...): another adapter model wraps "
+                             f"it. Add this adapter to that one with add_adapter (one model hosts adapters of any "
+                             f"type), or merge_and_unload() it first")
+        self.model = model
+        self.adapters: dict = {}                 # adapter -> its config
+        self.own_keys: dict[str, list] = {}      # adapter -> file keys of its own tensors
+        self.saved: dict[str, list] = {}         # adapter -> base params it has its own copy of
+        self.layouts: dict[str, dict] = {}       # adapter -> {module: LinearSpec} it installs
+        self.trainables: dict[str, set] = {}     # adapter -> param names that train while it is active
+        self.active_adapter: str | None = None
+        self.merged = False
+        self.disabled = False
+        self._merge_states: dict = {}            # module -> what its kind's unmerge needs
+        self.base_linears = dict(model.linears)
+        self.base_fingerprint = io.fingerprint({k: model.params[k] for k in param_shapes(model.config)})
+        model.freeze()                           # Hu et al. 2021, §4.1: the pre-trained weights stay frozen
+        if config is not None:
+            self.add_adapter(adapter_name, config)
+
+    # ---------------------------------------------------------------- the model interface
+    params = property(lambda self: self.model.params)
+    trainable = property(lambda self: self.model.trainable)
+    config = property(lambda self: self.model.config)
+    dtype = property(lambda self: self.model.dtype)
+    stochastic = property(lambda self: self.model.stochastic)
+
+    @property
+    def kernels(self):
+        return self.model.kernels
+
+    @kernels.setter
+    def kernels(self, value):
+        self.model.kernels = value
+
+    def forward(self, idx, *, training=False):
+        return self.model.forward(idx, training=training)
+
+    def classify(self, idx, last, *, training=False):
+        return self.model.classify(idx, last, training=training)
+
+    def backward(self, dlogits, cache):
+        if self.merged:
+            raise RuntimeError(f"adapter {self.active_adapter!r} is merged into the weights, so it gets no "
+                               f"gradient; call unmerge_adapter() before training")
+        return self.model.backward(dlogits, cache)
+
+    def num_params(self, trainable_only: bool = False) -> int:
+        return self.model.num_params(trainable_only)
+
+    def param_name(self, key: str, adapter: str | None = None) -> str:
+        """Where an adapter's tensor with file key ``key`` lives in ``params``: "{key}.{adapter}"."""
+        return f"{key}.{adapter or self._require_active('name')}"
+
+    # ---------------------------------------------------------------- adding adapters
+    def add_adapter(self, adapter_name: str, config):
+        """Build adapter ``adapter_name`` from ``config`` (it starts equal to the base) and make it active."""
+        if adapter_name in self.adapters:
+            raise ValueError(f"adapter {adapter_name!r} exists already; delete_adapter it or pick another name")
+        if "." in adapter_name or not adapter_name:
+            raise ValueError(f"adapter names must be non-empty and contain no '.', got {adapter_name!r}")
+        if self.merged:
+            raise RuntimeError("unmerge_adapter() before adding an adapter")
+        for m, spec in self.model.linears.items():          # a head added after wrapping
+            self.base_linears.setdefault(m, spec)
+        parts = config.build(self.model, self.base_linears)
+        tensors = dict(parts.tensors)
+        for p in parts.saved:                                 # the adapter's own copy starts from the base
+            tensors[p] = self.model.params[p].copy()
+        own = set(tensors)
+        rename = {k: self.param_name(k, adapter_name) for k in own}
+        touched = {m: s for m, s in self.base_linears.items() if set(s.tensors.values()) & set(parts.saved)}
+        layout = {m: LinearSpec(s.kind, {role: rename.get(ref, ref) for role, ref in s.tensors.items()},
+                                dict(s.options)) for m, s in {**touched, **parts.specs}.items()}
+        for key, value in tensors.items():
+            self.model.params[rename[key]] = value
+        self.adapters[adapter_name], self.own_keys[adapter_name] = config, sorted(own)
+        self.saved[adapter_name], self.layouts[adapter_name] = list(parts.saved), layout
+        self.trainables[adapter_name] = {rename[k] for k in own - set(parts.frozen)}
+        self.model.rng = backend.rng(config.seed + 1)        # dropout masks, reproducible per adapter
+        return self.set_adapter(adapter_name)
+
+    # ---------------------------------------------------------------- switching
+    def set_adapter(self, adapter_name: str):
+        """Make ``adapter_name`` the active, trainable adapter: install its layout."""
+        if adapter_name not in self.adapters:
+            raise KeyError(f"no adapter named {adapter_name!r}; have {sorted(self.adapters)}")
+        if self.merged:
+            raise RuntimeError(f"adapter {self.active_adapter!r} is merged; unmerge_adapter() before switching")
+        self.active_adapter, self.disabled = adapter_name, False
+        self._apply()
+        return self
+
+    def _apply(self):
+        """Install the specs and the trainable set of the current state (base, active, merged)."""
+        self.model.freeze()
+        self.model.linears.update(self.base_linears)
+        name = self.active_adapter
+        if name is None or self.disabled:
+            return
+        layout = self.layouts[name]
+        if self.merged:                          # merged layers run as plain layers on the merged W
+            layout = {m: (LinearSpec("linear", {r: s.tensors[r] for r in ("weight", "bias") if r in s.tensors})
+                          if m in self._merge_states else s) for m, s in layout.items()}
+        self.model.linears.update(layout)
+        if not self.merged:
+            self.model.trainable |= self.trainables[name]
+
+    @contextlib.contextmanager
+    def disable_adapter(self):
+        """Within the block the model is exactly the base model (base specs, base modules)."""
+        if self.merged:
+            raise RuntimeError("disable_adapter() needs unmerged weights; call unmerge_adapter() first")
+        self.disabled = True
+        self._apply()
+        try:
+            yield self
+        finally:
+            self.disabled = False
+            self._apply()
+
+    def delete_adapter(self, adapter_name: str):
+        """Remove an adapter's tensors and config; if it was active, no adapter is active after."""
+        if adapter_name not in self.adapters:
+            raise KeyError(f"no adapter named {adapter_name!r}; have {sorted(self.adapters)}")
+        if self.merged and adapter_name == self.active_adapter:
+            raise RuntimeError(f"adapter {adapter_name!r} is merged; unmerge_adapter() before deleting it")
+        for key in self.own_keys[adapter_name]:
+            del self.model.params[self.param_name(key, adapter_name)]
+        for table in (self.adapters, self.own_keys, self.saved, self.layouts, self.trainables):
+            del table[adapter_name]
+        if self.active_adapter == adapter_name:
+            self.active_adapter = None
+        self._apply()
+
+    def _require_active(self, what):
+        if self.active_adapter is None:
+            raise RuntimeError(f"no active adapter to {what}; add_adapter or set_adapter first")
+        return self.active_adapter
+
+    def _tensors(self, spec: LinearSpec) -> dict:
+        return {role: self.model.params[ref] for role, ref in spec.tensors.items()}
+
+    # ---------------------------------------------------------------- merging (Hu et al. 2021, §4.1)
+    def merge_adapter(self, *, safe_merge: bool = True):
+        """Fold the active adapter into the frozen weights (LoRA: W0 <- W0 + s B A): no extra latency.
+
+        Every merged weight is computed first and checked: if any is NaN or inf nothing is changed
+        and a ValueError says so (PEFT's safe_merge; here always on, the flag is accepted for parity).
+        """
+        name = self._require_active("merge")
+        if self.merged:
+            raise RuntimeError(f"adapter {name!r} is already merged; merging twice would add its update twice")
+        merged, states = {}, {}
+        for m, spec in self.layouts[name].items():
+            kind = get_kind(spec.kind)
+            if kind.name == "linear":
+                continue
+            if kind.merge is None:
+                raise ValueError(f"{m} is a {kind.name!r} layer, which cannot be folded into one weight matrix; "
+                                 f"only linear updates (LoRA and its variants) merge")
+            W, states[m] = kind.merge(self._tensors(spec), **spec.options)
+            if not bool(xp.isfinite(W).all()):
+                raise ValueError(f"merging adapter {name!r} into {m} gives NaN or inf; nothing was changed. "
+                                 f"The adapter's weights are broken (check its training for divergence)")
+            merged[spec.tensors["weight"]] = W
+        for weight_name, W in merged.items():
+            self.model.params[weight_name][...] = W           # in place: references stay valid
+        self._merge_states, self.merged = states, True
+        self._apply()
+
+    def unmerge_adapter(self):
+        """Undo ``merge_adapter`` (LoRA: W <- W - s B A): W0 again, up to float rounding.
+
+        The rounding is real: after a merge/unmerge cycle some base weights differ from W0 in the
+        last bits, so ``disable_adapter`` then matches the base to float32 tolerance rather than
+        bit for bit. ``base_fingerprint`` (taken when the model was wrapped) still names the base.
+        """
+        name = self._require_active("unmerge")
+        if not self.merged:
+            raise RuntimeError(f"adapter {name!r} is not merged; there is nothing to unmerge")
+        for m, state in self._merge_states.items():
+            spec = self.layouts[name][m]
+            W = self.model.params[spec.tensors["weight"]]
+            W[...] = get_kind(spec.kind).unmerge(W, self._tensors(spec), state, **spec.options)
+        self._merge_states, self.merged = {}, False
+        self._apply()
+
+    def merge_and_unload(self) -> GPT:
+        """Merge the active adapter and return a plain GPT (own copies, no adapter tensors).
+
+        The adapter's trained copies (a head, biases) become the plain model's parameters.
+        """
+        if not self.merged:
+            self.merge_adapter()
+        name = self.active_adapter
+        params = {k: self.model.params[k].copy() for k in self.model.own_param_names()}
+        for p in self.saved[name]:
+            params[p] = self.model.params[self.param_name(p, name)].copy()
+        plain = GPT(self.model.config, params)
+        plain.freeze()
+        return plain
+
+    # ---------------------------------------------------------------- reports
+    def trainable_report(self) -> dict:
+        """Trainable and total parameter counts (base + active adapter), percent, bytes of Adam state."""
+        n_train = self.num_params(trainable_only=True)
+        active = {self.param_name(k) for k in self.own_keys.get(self.active_adapter, [])}
+        n_all = sum(int(self.model.params[k].size) for k in set(self.model.own_param_names()) | active)
+        itemsize = np.dtype(self.dtype).itemsize
+        return {"trainable": n_train, "total": n_all, "percent": 100.0 * n_train / n_all,
+                "trainable_bytes": n_train * itemsize, "adam_state_bytes": 2 * n_train * itemsize}
+
+    def print_trainable_parameters(self):
+        rep = self.trainable_report()
+        print(f"trainable params: {rep['trainable']:,} || all params: {rep['total']:,} "
+              f"|| trainable%: {rep['percent']:.4f}")
+
+    # ---------------------------------------------------------------- files
+    def adapter_state(self, adapter_name: str | None = None) -> dict:
+        """The tensors of one adapter by file key ({module}.lora_A.weight, head.weight, ...)."""
+        name = adapter_name or self._require_active("save")
+        if name not in self.adapters:
+            raise KeyError(f"no adapter named {name!r}; have {sorted(self.adapters)}")
+        return {k: self.model.params[self.param_name(k, name)] for k in self.own_keys[name]}
+
+    def save_adapter(self, directory, adapter_name: str | None = None) -> Path:
+        """adapter_model.safetensors (the adapter's tensors) + adapter_config.json (minilora.adapters.files)."""
+        return files.save_adapter(self, directory, adapter_name or self._require_active("save"))
+
+    def load_adapter(self, directory, adapter_name: str | None = None, *, set_active: bool = True) -> str:
+        """Load an adapter saved by ``save_adapter``; refuses one made for another base model."""
+        return files.load_adapter(self, directory, adapter_name, set_active=set_active)

@@ -1,0 +1,147 @@
+"""``LoraConfig``: which matrices get a LoRA adapter, at what rank and scale (PEFT's field names).
+
+``resolve_targets`` turns a config into the adapted matrices with their rank r and scale
+s = lora_alpha / r (Hu et al. 2021, §4.1; alpha / sqrt(r) with rsLoRA), and ``build`` makes an
+adapter's tensors and layer specs for ``minilora.adapters.adapted.AdaptedModel``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import ClassVar
+
+from minilora.adapters.adapted import AdapterParts, saved_param_names
+from minilora.adapters.files import register_config
+from minilora.adapters.lora import INITS, init_lora_pair
+from minilora.nn import backend
+from minilora.nn.linears import LinearSpec
+from minilora.nn.model import GPT, SHORT_NAMES
+
+
+@register_config
+@dataclass
+class LoraConfig:
+    """Which layers get LoRA adapters and how (PEFT's field names and meanings)."""
+    peft_type: ClassVar[str] = "LORA"
+
+    r: int = 8                                   # rank of every adapted matrix
+    lora_alpha: float = 8.0                      # scale s = lora_alpha / r (§4.1: set once, not tuned)
+    target_modules: tuple = ("wq", "wv")         # any of wq wk wv wo fc proj (§4.2 uses wq, wv)
+    layers_to_transform: tuple | None = None     # block indices to adapt; None = every block
+    rank_pattern: dict = field(default_factory=dict)    # per-module r, e.g. {"wv": 4, "blocks.0.attn.wq": 2}
+    alpha_pattern: dict = field(default_factory=dict)   # per-module lora_alpha, same keys
+    lora_dropout: float = 0.0                    # dropout on the A path's input
+    init_lora_weights: str = "gaussian"          # gaussian | peft_gaussian | kaiming | reversed | zeros
+    init_std: float | None = None                # gaussian std; None = 1/sqrt(d_in) (see init_lora_pair)
+    bias: str = "none"                           # none | all | lora_only: which biases also train
+    modules_to_save: tuple = ()                  # trained fully and saved with the adapter, e.g. ("head",)
+    use_rslora: bool = False                     # scale alpha / sqrt(r) instead (Kalajievski 2023)
+    seed: int = 0                                # initialisation of A (and dropout masks)
+
+    def __post_init__(self):
+        self.target_modules = tuple([self.target_modules] if isinstance(self.target_modules, str)
+                                    else self.target_modules)
+        self.modules_to_save = tuple(self.modules_to_save)
+        if self.layers_to_transform is not None:
+            self.layers_to_transform = tuple(int(i) for i in self.layers_to_transform)
+        if self.init_lora_weights not in INITS:
+            raise ValueError(f"unknown init_lora_weights {self.init_lora_weights!r}; choose one of {INITS}")
+        if self.bias not in ("none", "all", "lora_only"):
+            raise ValueError(f"bias must be 'none', 'all' or 'lora_only', got {self.bias!r}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if int(self.r) < 1:
+            raise ValueError(f"rank r must be a positive integer, got {self.r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LoraConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def build(self, model: GPT, base_linears: dict) -> AdapterParts:
+        """A (r, d_in) random and B (d_out, r) = 0 for every target (§4.1), and "lora" specs for them.
+
+        ``base_linears``: the model's specs without adapters, whose tensors the LoRA layers read.
+        """
+        tensors, specs = {}, {}
+        for k, (name, (r, scale)) in enumerate(resolve_targets(model, self).items()):
+            d_out, d_in = model.params[name + ".weight"].shape
+            # One generator per (seed, r, module): an r = 8 A is not the first 8 rows of an r = 64 A,
+            # which would make the two adapters share directions before any training (§7.2 compares them).
+            A, B_ = init_lora_pair(d_out, d_in, r, init=self.init_lora_weights, std=self.init_std,
+                                   rng=backend.rng([self.seed, r, k]), dtype=model.dtype)
+            a_key, b_key = f"{name}.lora_A.weight", f"{name}.lora_B.weight"
+            tensors[a_key], tensors[b_key] = A, B_
+            specs[name] = LinearSpec("lora", {**base_linears[name].tensors, "lora_A": a_key, "lora_B": b_key},
+                                     {"scale": scale, "dropout": self.lora_dropout})
+        saved = saved_param_names(base_linears, self.modules_to_save)
+        if self.bias == "all":
+            saved += [f"{n}.bias" for n in model.config.linear_names()]
+        elif self.bias == "lora_only":
+            saved += [f"{n}.bias" for n in specs]
+        return AdapterParts(tensors, specs, sorted(set(saved)))
+
+
+def _pattern_value(name: str, pattern: dict, default):
+    """The value for module ``name`` from a PEFT-style pattern dict (longest matching key wins).
+
+    A key matches when it is the module's full name or a dotted suffix of it ("wv", "attn.wv").
+    Short target names are expanded ("wv" -> "attn.wv") before matching.
+    """
+    best, best_len = default, -1
+    for key, value in pattern.items():
+        full = SHORT_NAMES.get(key, key)
+        if (name == full or name.endswith("." + full)) and len(full) > best_len:
+            best, best_len = value, len(full)
+    return best
+
+
+def resolve_targets(model: GPT, config: LoraConfig) -> dict[str, tuple[int, float]]:
+    """Module name -> (r, scale) for every matrix the config adapts. Raises on bad names or ranks."""
+    unknown = [t for t in config.target_modules if t not in SHORT_NAMES and t not in SHORT_NAMES.values()]
+    if unknown or not config.target_modules:
+        raise ValueError(f"unknown target_modules {unknown or '(empty)'}; valid names are "
+                         f"{sorted(SHORT_NAMES)} (or their long forms {sorted(SHORT_NAMES.values())})")
+    L = model.config.n_layer
+    layers = config.layers_to_transform if config.layers_to_transform is not None else range(L)
+    bad = [i for i in layers if not 0 <= i < L]
+    if bad:
+        raise ValueError(f"layers_to_transform {bad} out of range: the model has blocks 0..{L - 1}")
+    kinds = [SHORT_NAMES.get(t, t) for t in config.target_modules]
+    names = [f"blocks.{i}.{k}" for i in layers for k in kinds]
+    for key in list(config.rank_pattern) + list(config.alpha_pattern):
+        if not any(n == SHORT_NAMES.get(key, key) or n.endswith("." + SHORT_NAMES.get(key, key)) for n in names):
+            raise ValueError(f"rank/alpha pattern key {key!r} matches no adapted module; adapted modules are "
+                             f"{names[:6]}{' ...' if len(names) > 6 else ''}")
+    out = {}
+    for name in names:
+        d_out, d_in = model.params[name + ".weight"].shape
+        r = int(_pattern_value(name, config.rank_pattern, config.r))
+        if not 1 <= r <= min(d_out, d_in):
+            raise ValueError(f"rank r = {r} is out of range for {name} with W0 of shape ({d_out}, {d_in}); "
+                             f"choose 1 <= r <= min(d_out, d_in) = {min(d_out, d_in)}")
+        alpha = float(_pattern_value(name, config.alpha_pattern, config.lora_alpha))
+        out[name] = (r, alpha / (math.sqrt(r) if config.use_rslora else r))
+    return out
+
+
+def expected_trainable_count(config: LoraConfig, n_layer: int, d_model: int) -> int:
+    """|Theta| = 2 x L_hat x d_model x r (Hu et al. 2021, §5.1), for square attention targets.
+
+    L_hat is the number of adapted matrices. For other shapes count r (d_in + d_out) per matrix,
+    as ``lora_param_count`` does.
+    """
+    square = {"wq", "wk", "wv", "wo", "attn.wq", "attn.wk", "attn.wv", "attn.wo"}
+    if not set(config.target_modules) <= square or config.rank_pattern:
+        raise ValueError("the 2 x L_hat x d x r formula holds for square attention targets with one rank; "
+                         "use lora_param_count for MLP targets or rank patterns")
+    layers = config.layers_to_transform if config.layers_to_transform is not None else range(n_layer)
+    return 2 * len(config.target_modules) * len(layers) * d_model * config.r
+
+
+def lora_param_count(model: GPT, config: LoraConfig) -> int:
+    """Trainable LoRA parameters for any targets: sum over adapted W0 (d_out, d_in) of r (d_in + d_out)."""
+    return sum(r * sum(model.params[name + ".weight"].shape) for name, (r, _) in resolve_targets(model, config).items())
