@@ -108,7 +108,9 @@ def dora_backward(dy, cache, *, detach_norm=True):
     held fixed, not of the true loss; the trick drops the term of eq. 6 that projects the gradient
     away from V. dm and dx are exact in both modes: C depends on neither m nor x.
     detach_norm=False: the exact gradient of eq. 5. The extra term is -k_j V_j with
-    k = g dm / C, added to dB and dA through V A^T and B^T V, so G is still not needed.
+    k = g dm / C, added to dB and dA through V A^T and B^T V, so G is still not needed. Here the
+    exact mode costs two thin products and no memory (V is cached for the norm anyway); the memory
+    the §4.3 trick saves in the paper is what autograd keeps to differentiate through the norm.
     Rows with C = 0 have g = 0 (``dora_factor``): their dm and correction are 0.
     The bias gradient, if the bias trains, is dy summed over rows (the caller's, as for LoRA).
     """
@@ -117,11 +119,11 @@ def dora_backward(dy, cache, *, detach_norm=True):
     live = C > 0
     dm = xp.where(live, (dy2 * zv).sum(axis=0) / xp.where(live, C, 1.0), 0.0)
                                                               # forward: y = (m / C) zv -> dm = sum(dy zv) / C
-    dz = dy2 * g                                              # forward: y = g * zv      -> dzv = g dy
-    dB = scale * (dz.T @ u)                                   # forward: zv += s u B^T   -> dB = s dzv^T u
-    du = scale * (dz @ B_)                                    # (N, r)                   -> du = s dzv B
+    dzv = dy2 * g                                             # forward: y = g * zv      -> dzv = g dy
+    dB = scale * (dzv.T @ u)                                  # forward: zv += s u B^T   -> dB = s dzv^T u
+    du = scale * (dzv @ B_)                                   # (N, r)                   -> du = s dzv B
     dA = du.T @ xd                                            # forward: u = x~ A^T      -> dA = du^T x~
-    dxd = dz @ W0 + du @ A                                    # forward: zv = x~ W0^T + ... -> dx~
+    dxd = dzv @ W0 + du @ A                                   # forward: zv = x~ W0^T + ... -> dx~
     if dropout_mask is None:
         dx = dxd
     else:
