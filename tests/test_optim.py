@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from minilora.nn import backend
-from minilora.nn.optim import SGD, AdamW, adamw_update, clip_grad_norm, linear_warmup_decay
+from minilora.nn.optim import SGD, AdamW, adamw_update, clip_grad_norm, linear_warmup_decay, loraplus_lr_scale
 
 
 def _params(dtype=np.float64, seed=0):
@@ -306,3 +306,83 @@ def test_adamw_on_cupy_matches_numpy():
     for n in ref:
         err = np.max(np.abs(got[n] - ref[n]))
         assert err < 1e-12, f"{n}: expected NumPy's values, max abs error {err:.3e}"
+
+
+# --------------------------------------------------------------------------- LoRA+
+@pytest.mark.parametrize("name, shape, expected", [
+    ("blocks.0.attn.wq.lora_B.default", (6, 2), 16.0),           # B: the fast group
+    ("blocks.0.attn.wq.lora_A.default", (2, 5), 1.0),            # A: the base learning rate
+    ("blocks.0.attn.wq.lora_magnitude_vector.default", (6,), 16.0),   # DoRA magnitude: 1-d
+    ("head.bias", (6,), 16.0),                                   # every 1-d parameter, as PEFT
+    ("head.weight", (3, 6), 1.0),                                # a fully trained matrix
+])
+def test_loraplus_scales_B_and_vectors_by_the_ratio(name, shape, expected):
+    """PEFT's create_loraplus_optimizer groups: lora_B or ndim == 1 -> lr * ratio, the rest lr."""
+    got = loraplus_lr_scale(16)(name, np.zeros(shape))
+    assert got == expected, f"{name}: expected multiplier {expected}, got {got}"
+
+
+def test_loraplus_first_step_of_B_is_ratio_times_larger():
+    """With wd = 0, step 1 moves B by lr * ratio * g / (|g| + eps) and A by lr * g / (|g| + eps)."""
+    lr, eps, ratio = 0.01, 1e-8, 4.0
+    params = _params()
+    before = {n: a.copy() for n, a in params.items()}
+    grads = _grads(params, seed=2)
+    AdamW(lr=lr, eps=eps, weight_decay=0.0, lr_scale=loraplus_lr_scale(ratio)).step(params, grads)
+    for n, g in grads.items():
+        mult = ratio if (n == "wq.lora_B" or g.ndim == 1) else 1.0
+        expected = before[n] - mult * lr * g / (np.abs(g) + eps)
+        err = np.max(np.abs(params[n] - expected))
+        assert err < 1e-15, f"{n}: expected a step {mult} x lr, max abs error {err:.3e}"
+
+
+def test_lr_scale_of_one_changes_nothing():
+    """AdamW with lr_scale returning 1 gives bit-identical parameters to AdamW without it."""
+    a, b = _params(), _params()
+    plain, scaled = AdamW(lr=0.05), AdamW(lr=0.05, lr_scale=lambda n, p: 1.0)
+    for s in range(3):
+        plain.step(a, _grads(a, seed=s))
+        scaled.step(b, _grads(b, seed=s))
+    for n in a:
+        assert np.array_equal(a[n], b[n]), f"{n} differs with lr_scale = 1"
+
+
+def test_loraplus_ratio_must_be_positive():
+    """A zero or negative ratio is refused with the value named."""
+    with pytest.raises(ValueError, match="must be positive, got 0"):
+        loraplus_lr_scale(0)
+
+
+def test_loraplus_matches_peft_create_loraplus_optimizer_over_three_steps():
+    """3 steps equal torch.optim.AdamW with PEFT's LoRA+ groups (skipped without torch and peft)."""
+    torch = pytest.importorskip("torch")
+    loraplus = pytest.importorskip("peft.optimizers")
+    lr, ratio = 0.02, 8.0
+
+    class Tiny(torch.nn.Module):                               # PEFT names: lin.lora_A.default.weight
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(5, 6)
+
+        def forward(self, x):
+            return self.lin(x)
+
+    import peft
+    torch.manual_seed(0)
+    model = peft.get_peft_model(Tiny().double(), peft.LoraConfig(r=2, target_modules=["lin"], use_dora=True,
+                                                                 bias="lora_only", init_lora_weights=False))
+    topt = loraplus.create_loraplus_optimizer(model, torch.optim.AdamW, lr=lr, loraplus_lr_ratio=ratio)
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    params = {n: p.detach().numpy().copy() for n, p in named.items()}
+    assert any("lora_magnitude_vector" in n for n in params) and any(n.endswith("bias") for n in params), params
+    opt = AdamW(lr=lr, weight_decay=0.0, lr_scale=loraplus_lr_scale(ratio))
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        grads = {n: rng.standard_normal(p.shape) for n, p in params.items()}
+        for n, p in named.items():
+            p.grad = torch.tensor(grads[n])
+        topt.step()
+        opt.step(params, grads)
+    for n, p in named.items():
+        err = np.max(np.abs(params[n] - p.detach().numpy()))
+        assert err < 1e-12, f"{n}: expected PEFT's LoRA+ step, max abs error {err:.3e}"

@@ -128,15 +128,18 @@ class AdamW:
 
     ``no_decay(name, array) -> bool`` picks the parameters that get no weight decay; by default
     those with ndim < 2. ``lr`` may be set between steps (schedules do).
+    ``lr_scale(name, array) -> float`` multiplies the learning rate per parameter (default 1 for
+    all), what torch expresses with parameter groups; ``loraplus_lr_scale`` gives LoRA+'s.
     """
 
     def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.01, no_decay=None):
+                 eps: float = 1e-8, weight_decay: float = 0.01, no_decay=None, lr_scale=None):
         self.lr = lr
         self.betas = betas
         self.eps = eps
         self.weight_decay = weight_decay
         self.no_decay = _default_no_decay if no_decay is None else no_decay
+        self.lr_scale = lr_scale
         self.state: dict[str, dict] = {}
 
     def step(self, params: dict, grads: dict) -> None:
@@ -150,11 +153,34 @@ class AdamW:
             s = self.state[name]
             s["t"] += 1
             wd = 0.0 if self.no_decay(name, p) else self.weight_decay
-            adamw_update(p, g, s["m"], s["v"], s["t"], self.lr, b1, b2, self.eps, wd)
+            lr = self.lr if self.lr_scale is None else self.lr * self.lr_scale(name, p)
+            adamw_update(p, g, s["m"], s["v"], s["t"], lr, b1, b2, self.eps, wd)
 
     def state_bytes(self) -> int:
         """Bytes held in optimizer state (m and v; the step counts are not counted)."""
         return sum(s["m"].nbytes + s["v"].nbytes for s in self.state.values())
+
+
+# --------------------------------------------------------------------------- LoRA+
+def loraplus_lr_scale(ratio: float):
+    """LoRA+ (Hayou et al. 2024, arXiv 2402.12354): B learns ``ratio`` times faster than A.
+
+    Returns ``lr_scale(name, array) -> float`` for ``AdamW(lr_scale=...)``: ``ratio`` for every
+    lora_B matrix and every 1-d trainable parameter (biases, LayerNorm gains, DoRA magnitudes),
+    1 for the rest (lora_A, full matrices such as a trained head). These are the groups PEFT's
+    ``create_loraplus_optimizer`` forms (``"lora_B" in name or param.ndim == 1``); ratio is the
+    paper's lambda = eta_B / eta_A, for which it suggests about 2^4 = 16.
+    Two PEFT details minilora does not copy: PEFT gives LoRA on embedding layers an absolute lr
+    (``loraplus_lr_embedding``, 1e-6), and minilora adapts no embedding; PEFT's groups use
+    ``loraplus_weight_decay`` (default 0.0) instead of the optimizer's weight decay, so pass
+    weight_decay=0.0 for PEFT's defaults.
+    """
+    if not ratio > 0:
+        raise ValueError(f"the LoRA+ ratio lr_B / lr_A must be positive, got {ratio}")
+
+    def lr_scale(name: str, p) -> float:
+        return float(ratio) if ("lora_B" in name or p.ndim == 1) else 1.0
+    return lr_scale
 
 
 # --------------------------------------------------------------------------- schedule
