@@ -109,7 +109,8 @@ def test_quantizing_dequantized_weights_reproduces_them(quant_type):
     x_hat = q.dequantize_4bit(packed, absmax, x.shape, quant_type, 64)
     packed2, absmax2 = q.quantize_4bit(x_hat, quant_type, 64)
     assert np.array_equal(absmax2, absmax), "block scales changed on re-quantization"
-    assert np.array_equal(q.dequantize_4bit(packed2, absmax2, x.shape, quant_type, 64), x_hat)
+    assert np.array_equal(q.dequantize_4bit(packed2, absmax2, x.shape, quant_type, 64), x_hat), \
+        "re-quantized weights dequantize to other values"
     if quant_type == "nf4":
         assert np.array_equal(packed2, packed), f"{(packed2 != packed).sum()} bytes changed"
 
@@ -120,7 +121,8 @@ def test_dequantize_returns_float32_products_in_the_asked_dtype():
     packed, absmax = q.quantize_4bit(x, "nf4", 64)
     x64 = q.dequantize_4bit(packed, absmax, x.shape, dtype=np.float64)
     x32 = q.dequantize_4bit(packed, absmax, x.shape)
-    assert x64.dtype == np.float64 and x32.dtype == np.float32 and np.array_equal(x64, x32)
+    assert x64.dtype == np.float64 and x32.dtype == np.float32, f"dtypes {x64.dtype}, {x32.dtype}"
+    assert np.array_equal(x64, x32), f"max |diff| {np.abs(x64 - x32).max()}"
 
 
 # --------------------------------------------------------------------------- error

@@ -86,7 +86,7 @@ def test_bitsandbytes_state_dict_loads_into_a_quantized_tensor(quant_type):
     """from_tensors reads bitsandbytes' own state dict and dequantizes to its weights exactly."""
     t = load("plain_48x128")
     qt = QuantizedTensor.from_tensors(t, f"{quant_type}.weight")
-    assert qt.shape == (48, 128) and qt.quant_type == quant_type
+    assert (qt.shape, qt.quant_type) == ((48, 128), quant_type), f"read {qt.shape}, {qt.quant_type}"
     assert np.array_equal(qt.dequantize(), t[f"{quant_type}.dequantized"]), "dequantized weights differ"
 
 

@@ -55,7 +55,8 @@ def test_plain_quantization_equals_quantize_4bit(shape, blocksize, quant_type):
     assert np.array_equal(packed, packed_t.numpy().reshape(-1)), "packed bytes differ"
     assert np.array_equal(absmax, state.absmax.numpy()), "block scales differ"
     expected = reference_dequantize(packed_t, state.absmax, state)
-    assert np.array_equal(dequantize_4bit(packed, absmax, shape, quant_type, blocksize), expected)
+    got = dequantize_4bit(packed, absmax, shape, quant_type, blocksize)
+    assert np.array_equal(got, expected), f"max |diff| {np.abs(got - expected).max()}"
 
 
 def test_double_quantization_is_within_the_library_lookup_table():

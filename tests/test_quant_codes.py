@@ -59,7 +59,7 @@ def test_nf4_code_equals_the_published_table():
     """The 16 NF4 values derived from normal quantiles equal bitsandbytes' published table bit for bit."""
     got = qc.nf4_code()
     expected = np.array(PUBLISHED_NF4, dtype=np.float32)
-    assert got.dtype == np.float32 and got.shape == (16,)
+    assert got.dtype == np.float32 and got.shape == (16,), f"dtype {got.dtype}, shape {got.shape}"
     assert np.array_equal(got.view(np.uint32), expected.view(np.uint32)), f"expected {expected}, got {got}"
 
 

@@ -78,7 +78,8 @@ def test_double_quantized_scales_have_one_second_level_scale_per_256():
     """4096 scales give 16 second-level scales, 300 give 2: one per (possibly partial) block of 256."""
     for nb, expected in ((4096, 16), (300, 2)):
         state = dq.double_quantize(np.linspace(0.01, 0.05, nb, dtype=np.float32))
-        assert state.qabsmax.shape == (nb,) and state.qabsmax.dtype == np.uint8
+        assert state.qabsmax.shape == (nb,) and state.qabsmax.dtype == np.uint8, \
+            f"codes {state.qabsmax.shape} {state.qabsmax.dtype}, expected ({nb},) uint8"
         assert state.absmax2.shape == (expected,), f"{nb} scales: expected {expected}, got {state.absmax2.shape}"
 
 

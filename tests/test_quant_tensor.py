@@ -31,15 +31,16 @@ def test_dequantize_equals_the_blockwise_functions(double_quant):
     packed, absmax = q.quantize_4bit(x, "nf4", 64)
     scales = double_dequantize(qt.nested) if double_quant else absmax
     expected = q.dequantize_4bit(packed, scales, x.shape)
-    assert np.array_equal(qt.packed, packed) and qt.dequantize().shape == (40, 72)
+    assert np.array_equal(qt.packed, packed), "packed codes differ from quantize_4bit's"
+    assert qt.dequantize().shape == (40, 72), f"shape {qt.dequantize().shape}"
     assert np.array_equal(qt.dequantize(), expected), "dequantize() differs from the functions it wraps"
 
 
 def test_dequantize_defaults_to_the_quantized_dtype():
     """A float64 weight dequantizes to float64 unless another dtype is asked for."""
     qt = quantize(gaussian((8, 64)).astype(np.float64))
-    assert qt.dtype == "float64" and qt.dequantize().dtype == np.float64
-    assert qt.dequantize(np.float32).dtype == np.float32
+    assert qt.dtype == "float64" and qt.dequantize().dtype == np.float64, f"dtype {qt.dtype}"
+    assert qt.dequantize(np.float32).dtype == np.float32, "an asked dtype must be used"
 
 
 @pytest.mark.parametrize("double_quant, bits", [(False, 4.5), (True, 4 + 8 / 64 + 32 / 16384 + 32 / 2 ** 20)])
@@ -55,7 +56,8 @@ def test_tensors_use_bitsandbytes_state_dict_names(double_quant):
     tensors = quantize(gaussian((7, 45)), double_quant=double_quant).to_tensors("weight")
     expected = BNB_NESTED_KEYS if double_quant else BNB_PLAIN_KEYS
     assert set(tensors) == expected, f"expected {sorted(expected)}, got {sorted(tensors)}"
-    assert tensors["weight"].shape == (158, 1) and tensors["weight"].dtype == np.uint8
+    assert tensors["weight"].shape == (158, 1) and tensors["weight"].dtype == np.uint8, \
+        f"packed {tensors['weight'].shape} {tensors['weight'].dtype}, expected (158, 1) uint8"
     state = json.loads(bytes(tensors["weight.quant_state.bitsandbytes__nf4"]).decode())
     assert state["shape"] == [7, 45] and state["blocksize"] == 64 and state["quant_type"] == "nf4", state
 
@@ -68,7 +70,8 @@ def test_a_safetensors_file_round_trip_restores_the_same_weights(tmp_path, quant
     io.save_tensors(tmp_path / "w.safetensors", qt.to_tensors("blocks.0.attn.wq.weight"))
     tensors, _ = io.load_tensors(tmp_path / "w.safetensors")
     back = QuantizedTensor.from_tensors(tensors, "blocks.0.attn.wq.weight")
-    assert (back.shape, back.quant_type, back.blocksize) == (qt.shape, qt.quant_type, qt.blocksize)
+    assert (back.shape, back.quant_type, back.blocksize) == (qt.shape, qt.quant_type, qt.blocksize), \
+        f"read {back.shape}, {back.quant_type}, {back.blocksize}"
     assert np.array_equal(back.packed, qt.packed), "packed codes changed"
     assert np.array_equal(back.dequantize(), qt.dequantize()), "dequantized weights changed"
     if double_quant:

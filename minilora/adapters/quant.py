@@ -26,7 +26,7 @@ from minilora.nn import backend
 from minilora.nn.backend import xp
 from minilora.adapters.quant_codes import code_for
 
-MAX_BLOCKSIZE = 4096          # bitsandbytes accepts 32 ... 4096; smaller powers of two help hand-made examples
+MAX_BLOCKSIZE = 4096          # bitsandbytes accepts 32 ... 4096; minilora also 2 ... 16, for examples worked by hand
 TINY = 1e-38                  # bitsandbytes' floor for absmax: an all-zero block scales by 1/1e-38 (no 0/0)
 
 
@@ -42,8 +42,9 @@ def check_blocksize(blocksize) -> int:
         raise ValueError(f"blocksize must be an int (a power of two such as 64), got {blocksize!r}")
     blocksize = int(blocksize)
     if blocksize < 2 or blocksize > MAX_BLOCKSIZE or blocksize & (blocksize - 1):
-        raise ValueError(f"blocksize {blocksize} does not divide into whole bytes of 4-bit codes: use a "
-                         f"power of two from 2 to {MAX_BLOCKSIZE} (QLoRA uses 64)")
+        raise ValueError(f"blocksize must be a power of two from 2 to {MAX_BLOCKSIZE} (QLoRA uses 64), got "
+                         f"{blocksize}: an odd block would split a byte between two blocks, and bitsandbytes' "
+                         f"kernels take powers of two only")
     return blocksize
 
 
@@ -131,7 +132,7 @@ def pack_4bit(idx):
     idx = idx.astype(xp.uint8)
     if idx.size % 2:
         idx = xp.concatenate([idx, xp.zeros(1, dtype=xp.uint8)])
-    return (idx[0::2] << 4) | idx[1::2]
+    return ((idx[0::2] << 4) | idx[1::2]).astype(xp.uint8)       # stays one byte under any promotion rules
 
 
 def unpack_4bit(packed, n: int):
@@ -139,7 +140,7 @@ def unpack_4bit(packed, n: int):
     if packed.size != (n + 1) // 2:
         raise ValueError(f"{packed.size} packed bytes cannot hold {n} 4-bit codes (need {(n + 1) // 2})")
     high, low = packed >> 4, packed & 0x0F
-    return xp.stack([high, low], axis=1).reshape(-1)[:n]
+    return xp.stack([high, low], axis=1).reshape(-1)[:n].astype(xp.uint8)
 
 
 # --------------------------------------------------------------------------- the whole tensor
