@@ -59,3 +59,39 @@ def no_warnings_or_log_records(*loggers):
             logging.getLogger(name).removeHandler(handler)
     messages = [f"{w.category.__name__}: {w.message}" for w in caught] + [r.getMessage() for r in records]
     assert not messages, f"expected no warnings, received {messages}"
+
+
+# --------------------------------------------------------------------------- adapters merged by the textbook formula
+CASES_LM = ("lora_wq_wv", "rank_alpha_patterns", "bias_lora_only", "layers_to_transform")
+ALL_CASES = CASES_LM + ("modules_to_save_head", "dora")
+
+
+def adapted_names(tensors) -> list[str]:
+    return sorted(k.removesuffix(".lora_A.weight") for k in tensors if k.endswith(".lora_A.weight"))
+
+
+def merged_model(tensors: dict, scales: dict, *, dtype=np.float64):
+    """The fixture's base GPT with every adapter merged: W = W0 + s B A (Hu et al. 2021, eq. 3), or for
+    DoRA W = m * V / ||V||_row with V = W0 + s B A (Liu et al. 2024, eq. 5); every other tensor in
+    ``tensors`` (trained biases, saved modules) replaces the base's own."""
+    from minilora.interop.hf_gpt2 import read_hf_gpt2
+    from minilora.nn.model import GPT
+
+    config, params = read_hf_gpt2(HF_TINY, dtype=dtype)
+    for module, s in scales.items():
+        A, B_ = tensors[module + ".lora_A.weight"], tensors[module + ".lora_B.weight"]
+        W = params[module + ".weight"] + s * (B_.astype(dtype) @ A.astype(dtype))
+        m = tensors.get(module + ".lora_magnitude_vector")
+        if m is not None:
+            W = m.astype(dtype)[:, None] * W / np.linalg.norm(W, axis=1, keepdims=True)
+        params[module + ".weight"] = W
+    for key, value in tensors.items():
+        if ".lora_" not in key:
+            params[key] = value.astype(dtype)
+    return GPT(config, params)
+
+
+def lora_modules(lora_model, adapter="default") -> dict:
+    """module -> (r, lora_alpha) of a LoraModel's adapter (alpha recovered from its scale)."""
+    rs = lora_model.adapters[adapter].use_rslora
+    return {m: (r, s * (r ** 0.5 if rs else r)) for m, (r, s) in lora_model.modules[adapter].items()}
