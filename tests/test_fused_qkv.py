@@ -183,7 +183,8 @@ def test_peft_loads_the_fused_export_on_gpt2lmheadmodel_to_the_same_logits(tmp_p
     # PEFT's own file on the same model sets the baseline: warnings the library versions give whatever
     # the file (e.g. a deprecation between peft and transformers) are not about the adapter.
     with captured_warnings("peft", "transformers") as baseline:
-        peft_lib.PeftModel.from_pretrained(transformers.GPT2LMHeadModel.from_pretrained(HF_TINY), ADAPTERS / "hf_c_attn")
+        own_base = transformers.GPT2LMHeadModel.from_pretrained(HF_TINY)
+        peft_lib.PeftModel.from_pretrained(own_base, ADAPTERS / "hf_c_attn")
     hf = transformers.GPT2LMHeadModel.from_pretrained(HF_TINY).eval()
     with no_warnings_or_log_records("peft", "transformers", allowed=baseline):
         model = peft_lib.PeftModel.from_pretrained(hf, tmp_path).eval()

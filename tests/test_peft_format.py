@@ -232,8 +232,8 @@ def test_peft_writes_pattern_keys_sorted(tmp_path):
     """Why patterns_for_file exists: PEFT's save sorts rank_pattern keys, and first-match depends on order."""
     torch_gpt = torch_mirror()
     peft = pytest.importorskip("peft")
-    model = peft.get_peft_model(torch_gpt.TorchGPT(GPT(*read_base(np.float32)).config),
-                                peft.LoraConfig(r=2, target_modules=["wq"], rank_pattern={"wq": 4, "blocks.0.attn.wq": 3}))
+    config = peft.LoraConfig(r=2, target_modules=["wq"], rank_pattern={"wq": 4, "blocks.0.attn.wq": 3})
+    model = peft.get_peft_model(torch_gpt.TorchGPT(GPT(*read_base(np.float32)).config), config)
     model.save_pretrained(tmp_path)
     written = list(json.loads((tmp_path / "adapter_config.json").read_text())["rank_pattern"])
     assert written == ["blocks.0.attn.wq", "wq"], f"expected sorted keys, received {written}"

@@ -169,7 +169,7 @@ def read_hf_gpt2(directory, *, dtype=None) -> tuple[GPTConfig, dict]:
     config = config_from_hf(io.read_json(directory / "config.json"))
     weights = directory / "model.safetensors"
     if not weights.is_file():
-        others = sorted(p.name for p in directory.glob("*.bin")) + sorted(p.name for p in directory.glob("*.index.json"))
+        others = sorted(p.name for pattern in ("*.bin", "*.index.json") for p in directory.glob(pattern))
         raise FileNotFoundError(f"{weights}: no such file{f' (found {others})' if others else ''}. minilora reads "
                                 f"one model.safetensors (never pickle .bin files); convert with transformers: "
                                 f"GPT2LMHeadModel.from_pretrained(dir).save_pretrained(dir)")
