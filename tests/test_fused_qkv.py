@@ -71,10 +71,8 @@ def test_fused_dora_equals_separate_dora_when_the_free_slice_keeps_its_row_norms
 # --------------------------------------------------------------------------- PEFT's c_attn adapter -> minilora
 def test_peft_c_attn_adapter_imports_to_peft_logits():
     """PEFT's LoRA on c_attn and c_fc (fan_in_fan_out) as minilora adapters on wq, wk, wv, fc gives PEFT's logits."""
-    peft = json.loads((ADAPTERS / "hf_c_attn" / "adapter_config.json").read_text())
-    raw, _ = io.load_tensors(ADAPTERS / "hf_c_attn" / "adapter_model.safetensors")
     gpt, _ = read_hf_gpt2(HF_TINY)
-    config, tensors = fused_qkv.adapter_from_hf_gpt2(peft, raw, gpt)
+    config, tensors = fused_qkv.read_hf_gpt2_adapter(ADAPTERS / "hf_c_attn", gpt)
     scales = {m: s for m, (_, s) in resolve_targets(GPT(gpt), config).items()}
     ref = expected(ADAPTERS / "hf_c_attn")
     logits, _ = merged_model(tensors, scales).forward(ref["tokens"])
@@ -176,10 +174,8 @@ def test_peft_loads_the_fused_export_on_gpt2lmheadmodel_to_the_same_logits(tmp_p
     lm = trained(SEPARATE, dtype=np.float32)
     with lm.disable_adapter():
         base = {k: v.copy() for k, v in lm.params.items() if ".lora_" not in k}
-    peft, tensors = fused_qkv.adapter_to_hf_gpt2(lm.config, SEPARATE, lora_modules(lm), lm.adapter_state(),
-                                                 base_params=base)
-    io.save_tensors(tmp_path / "adapter_model.safetensors", tensors, {"format": "pt"})
-    io.write_json(tmp_path / "adapter_config.json", peft)
+    fused_qkv.write_hf_gpt2_adapter(tmp_path, lm.config, SEPARATE, lora_modules(lm), lm.adapter_state(),
+                                    base_params=base)
     # PEFT's own file on the same model sets the baseline: warnings the library versions give whatever
     # the file (e.g. a deprecation between peft and transformers) are not about the adapter.
     with captured_warnings("peft", "transformers") as baseline:

@@ -21,9 +21,11 @@ Shapes: C channels, r rank, k adapted slices.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 
+from minilora import io
 from minilora.adapters.lora import LoraConfig
 from minilora.interop import patterns
 from minilora.interop.hf_gpt2 import PREFIX as HF_PREFIX
@@ -222,3 +224,21 @@ def _minilora_config(peft: dict, modules: dict) -> LoraConfig:
                       lora_dropout=float(peft.get("lora_dropout", 0.0)), bias=peft.get("bias", "none"),
                       modules_to_save=tuple(saved), use_rslora=bool(peft.get("use_rslora", False)),
                       init_lora_weights="peft_gaussian" if peft.get("init_lora_weights") == "gaussian" else "kaiming")
+
+
+# --------------------------------------------------------------------------- folders
+def write_hf_gpt2_adapter(directory, gpt: GPTConfig, config: LoraConfig, modules: dict, tensors: dict, *,
+                          base_params: dict | None = None) -> Path:
+    """Write the adapter for ``PeftModel.from_pretrained(GPT2LMHeadModel...)``: tensors first, each file atomic."""
+    directory = Path(directory)
+    peft, out = adapter_to_hf_gpt2(gpt, config, modules, tensors, base_params=base_params)
+    io.save_tensors(directory / "adapter_model.safetensors", out, {"format": "pt"})
+    io.write_json(directory / "adapter_config.json", peft)
+    return directory
+
+
+def read_hf_gpt2_adapter(directory, gpt: GPTConfig) -> tuple[LoraConfig, dict]:
+    """(LoraConfig, tensors under minilora's names) from a PEFT adapter folder made on GPT2LMHeadModel."""
+    directory = Path(directory)
+    tensors, _ = io.load_tensors(directory / "adapter_model.safetensors")
+    return adapter_from_hf_gpt2(io.read_json(directory / "adapter_config.json"), tensors, gpt)
