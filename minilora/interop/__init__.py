@@ -1,0 +1,14 @@
+"""The way out to the ecosystem: minilora's models and adapters in the files PyTorch users load.
+
+minilora's GPT is GPT-2 exactly (Radford et al. 2019), and its adapter files follow PEFT's
+format, so a model or an adapter trained here can be taken to transformers and PEFT, and one
+made there can be read here. Every function in this package is a pure translation between
+minilora's names and shapes and those of the other library; nothing here imports PyTorch.
+
+  hf_gpt2       a Hugging Face GPT-2 folder (config.json + model.safetensors) <-> GPTConfig + params
+  peft_format   minilora's adapter tensors and LoraConfig <-> PEFT's adapter folder
+  patterns      rank_pattern / alpha_pattern resolved exactly as PEFT resolves them
+  fused_qkv     adapters on separate Wq, Wk, Wv <-> one adapter on GPT-2's fused c_attn
+
+docs/interop.md shows the files and the name tables.
+"""
