@@ -6,7 +6,7 @@ import pytest
 
 from minilora.adapters.dora import (dora_backward, dora_factor, dora_forward, dora_magnitude_init, dora_merge,
                                     dora_unmerge)
-from minilora.adapters.lora import LoraConfig, resolve_targets
+from minilora.adapters.config import LoraConfig, resolve_targets
 from minilora.nn.gradcheck import check_gradient, check_layer, rel_error
 
 from helpers import tiny_float64_base

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from minilora import io
-from minilora.adapters.lora import LoraConfig, resolve_targets
+from minilora.adapters.config import LoraConfig, resolve_targets
 from minilora.adapters.lora_model import LoraModel
 from minilora.interop import fused_qkv
 from minilora.interop.hf_gpt2 import params_from_hf, params_to_hf, read_hf_gpt2
@@ -100,8 +100,7 @@ def trained(config, dtype=np.float64, seed=0):
 def merge_in_hf_layout(lm, peft, tensors) -> dict:
     """The HF base with PEFT's adapter merged as PEFT merges Conv1D layers: W_conv += s (B A)^T."""
     from minilora.interop import patterns
-    with lm.disable_adapter():
-        state = params_to_hf(lm.config, {k: v for k, v in lm.params.items() if ".lora_" not in k})
+    state = params_to_hf(lm.config, {k: lm.params[k] for k in lm.model.own_param_names()})   # the base
     state = {PREFIX + k: v.copy() for k, v in state.items()}
     names = sorted(k.removesuffix(".lora_A.weight") for k in tensors if k.endswith(".lora_A.weight"))
     res = patterns.resolve([n.removeprefix(PREFIX) for n in names], peft["r"], peft["lora_alpha"],
@@ -119,8 +118,7 @@ def test_fused_export_merged_in_hf_layout_gives_the_adapted_logits():
     """adapter_to_hf_gpt2 of adapters on wq, wv (ranks 2 and 3), wo, fc with biases and ln_f: the HF model
     with it merged, read back into minilora, gives the LoraModel's logits."""
     lm = trained(SEPARATE)
-    with lm.disable_adapter():
-        base = {k: v.copy() for k, v in lm.params.items() if ".lora_" not in k}
+    base = {k: lm.params[k].copy() for k in lm.model.own_param_names()}   # the base; adapters own copies
     peft, tensors = fused_qkv.adapter_to_hf_gpt2(lm.config, SEPARATE, lora_modules(lm), lm.adapter_state(),
                                                  base_params=base)
     idx = np.random.default_rng(1).integers(0, lm.config.vocab_size, (2, 10))
@@ -172,8 +170,7 @@ def test_peft_loads_the_fused_export_on_gpt2lmheadmodel_to_the_same_logits(tmp_p
     transformers = pytest.importorskip("transformers")
     peft_lib = pytest.importorskip("peft")
     lm = trained(SEPARATE, dtype=np.float32)
-    with lm.disable_adapter():
-        base = {k: v.copy() for k, v in lm.params.items() if ".lora_" not in k}
+    base = {k: lm.params[k].copy() for k in lm.model.own_param_names()}   # the base; adapters own copies
     fused_qkv.write_hf_gpt2_adapter(tmp_path, lm.config, SEPARATE, lora_modules(lm), lm.adapter_state(),
                                     base_params=base)
     # PEFT's own file on the same model sets the baseline: warnings the library versions give whatever

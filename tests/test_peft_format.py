@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from minilora import io
-from minilora.adapters.lora import INITS, LoraConfig, resolve_targets
+from minilora.adapters.config import LoraConfig, resolve_targets
+from minilora.adapters.lora import INITS
 from minilora.adapters.lora_model import LoraModel
 from minilora.interop import patterns
 from minilora.interop.peft_format import (PREFIX, config_from_peft, config_to_peft, read_peft_adapter,
@@ -214,7 +215,7 @@ def test_peft_loads_minilora_adapter_without_warning_to_the_same_logits(tmp_path
     peft = pytest.importorskip("peft")
     lm = trained_lora_model(RICH, dtype=np.float32)
     with lm.disable_adapter():
-        base = {k: v.copy() for k, v in lm.model.params.items() if ".lora_" not in k}
+        base = {k: lm.model.params[k].copy() for k in lm.model.own_param_names()}
     write_peft_adapter(tmp_path, RICH, lora_modules(lm), lm.adapter_state())
     mirror = torch_gpt.from_minilora_params(lm.config, base)
     with no_warnings_or_log_records("peft", "transformers"):

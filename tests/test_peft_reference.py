@@ -18,7 +18,8 @@ from safetensors.numpy import load_file
 
 from minilora.adapters.combine import combine_adapters
 from minilora.adapters.dora import dora_backward, dora_forward, dora_merge, dora_unmerge
-from minilora.adapters.lora import LoraConfig, lora_forward, resolve_targets
+from minilora.adapters.config import LoraConfig, resolve_targets
+from minilora.adapters.lora import lora_forward
 from minilora.adapters.lora_init import converted_lora_alpha, olora_init, pissa_init, to_plain_lora
 from minilora.nn.optim import loraplus_lr_scale
 

@@ -36,25 +36,26 @@ class AdapterParts:
     """What a config builds for one adapter (see the module docstring)."""
     tensors: dict                                   # file key -> array: the adapter's own tensors
     specs: dict                                     # module -> LinearSpec (refers to base names or own keys)
-    saved: list = field(default_factory=list)       # base params the adapter trains a copy of
+    saved: list = field(default_factory=list)       # base params it trains a copy of (besides modules_to_save)
     frozen: set = field(default_factory=set)        # own keys that stay frozen (e.g. LoRA-FA's A)
 
 
-def saved_param_names(linears: dict, modules) -> list[str]:
-    """The params of the linear modules named in ``modules`` ("head", "wq", "blocks.0.mlp.fc", ...).
+def saved_param_names(modules: dict, names) -> list[str]:
+    """The params of the modules named in ``names`` ("head", "ln_f", "wq", "blocks.0.mlp.fc", ...).
 
-    A name matches a module equal to it or ending in ".{name}"; short block names are expanded
-    ("wq" -> "attn.wq"). The tied LM head shares wte with the embedding, so it cannot be copied.
+    ``modules``: module name -> {role: param name}, for the linear layers and layer norms. A name
+    matches a module equal to it or ending in ".{name}"; short block names are expanded ("wq" ->
+    "attn.wq"). The tied LM head shares wte with the embedding, so it cannot be copied.
     """
-    names = []
-    for m in modules:
+    found_params = []
+    for m in names:
         full = SHORT_NAMES.get(m, m)
-        found = [n for n in linears if n == full or n.endswith("." + full)]
+        found = [n for n in modules if n == full or n.endswith("." + full)]
         if not found or "lm_head" in found:
-            raise ValueError(f"modules_to_save entry {m!r} matches no linear module that can be trained as a "
-                             f"copy; e.g. 'head' (after add_classification_head) or a block linear such as 'wq'")
-        names += [p for n in found for p in linears[n].tensors.values()]
-    return sorted(set(names))
+            raise ValueError(f"modules_to_save entry {m!r} matches no module that can be trained as a copy; "
+                             f"e.g. 'head' (after add_classification_head), 'ln_f' or a block linear such as 'wq'")
+        found_params += [p for n in found for p in modules[n].values()]
+    return sorted(set(found_params))
 
 
 class AdaptedModel:
@@ -77,6 +78,8 @@ class AdaptedModel:
         self.disabled = False
         self._merge_states: dict = {}            # module -> what its kind's unmerge needs
         self.base_linears = dict(model.linears)
+        self.base_norms = {n: dict(t) for n, t in model.norms.items()}
+        self.norm_layouts: dict[str, dict] = {}  # adapter -> {layer norm: {role: param}} it redirects
         self.base_fingerprint = io.fingerprint({k: model.params[k] for k in param_shapes(model.config)})
         model.freeze()                           # Hu et al. 2021, §4.1: the pre-trained weights stay frozen
         if config is not None:
@@ -128,18 +131,23 @@ class AdaptedModel:
         for m, spec in self.model.linears.items():          # a head added after wrapping
             self.base_linears.setdefault(m, spec)
         parts = config.build(self.model, self.base_linears)
+        base_modules = {**{m: s.tensors for m, s in self.base_linears.items()}, **self.base_norms}
+        saved = sorted(set(parts.saved) | set(saved_param_names(base_modules, config.modules_to_save)))
         tensors = dict(parts.tensors)
-        for p in parts.saved:                                 # the adapter's own copy starts from the base
+        for p in saved:                                       # the adapter's own copy starts from the base
             tensors[p] = self.model.params[p].copy()
         own = set(tensors)
         rename = {k: self.param_name(k, adapter_name) for k in own}
-        touched = {m: s for m, s in self.base_linears.items() if set(s.tensors.values()) & set(parts.saved)}
+        touched = {m: s for m, s in self.base_linears.items() if set(s.tensors.values()) & set(saved)}
         layout = {m: LinearSpec(s.kind, {role: rename.get(ref, ref) for role, ref in s.tensors.items()},
                                 dict(s.options)) for m, s in {**touched, **parts.specs}.items()}
+        norms = {n: {role: rename.get(ref, ref) for role, ref in roles.items()}
+                 for n, roles in self.base_norms.items() if set(roles.values()) & set(saved)}
         for key, value in tensors.items():
             self.model.params[rename[key]] = value
         self.adapters[adapter_name], self.own_keys[adapter_name] = config, sorted(own)
-        self.saved[adapter_name], self.layouts[adapter_name] = list(parts.saved), layout
+        self.saved[adapter_name], self.layouts[adapter_name] = saved, layout
+        self.norm_layouts[adapter_name] = norms
         self.trainables[adapter_name] = {rename[k] for k in own - set(parts.frozen)}
         self.model.rng = backend.rng(config.seed + 1)        # dropout masks, reproducible per adapter
         return self.set_adapter(adapter_name)
@@ -159,9 +167,11 @@ class AdaptedModel:
         """Install the specs and the trainable set of the current state (base, active, merged)."""
         self.model.freeze()
         self.model.linears.update(self.base_linears)
+        self.model.norms.update({n: dict(roles) for n, roles in self.base_norms.items()})
         name = self.active_adapter
         if name is None or self.disabled:
             return
+        self.model.norms.update(self.norm_layouts[name])
         layout = self.layouts[name]
         if self.merged:                          # merged layers run as plain layers on the merged W
             layout = {m: (LinearSpec("linear", {r: s.tensors[r] for r in ("weight", "bias") if r in s.tensors})
@@ -191,7 +201,7 @@ class AdaptedModel:
             raise RuntimeError(f"adapter {adapter_name!r} is merged; unmerge_adapter() before deleting it")
         for key in self.own_keys[adapter_name]:
             del self.model.params[self.param_name(key, adapter_name)]
-        for table in (self.adapters, self.own_keys, self.saved, self.layouts, self.trainables):
+        for table in (self.adapters, self.own_keys, self.saved, self.layouts, self.norm_layouts, self.trainables):
             del table[adapter_name]
         if self.active_adapter == adapter_name:
             self.active_adapter = None

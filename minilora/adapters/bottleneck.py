@@ -43,7 +43,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from minilora.adapters.adapted import AdaptedModel, AdapterParts, saved_param_names
+from minilora.adapters.adapted import AdaptedModel, AdapterParts
 from minilora.adapters.files import register_config
 from minilora.nn import backend
 from minilora.nn.layers import gelu_backward, gelu_forward, linear_backward, linear_forward
@@ -161,7 +161,7 @@ class AdapterConfig:
             keys = {role: f"{name}.{key}" for role, key in zip(ADAPTER_ROLES, ADAPTER_KEYS)}
             tensors.update({keys[role]: init[key] for role, key in zip(ADAPTER_ROLES, ADAPTER_KEYS)})
             specs[name] = LinearSpec("bottleneck", {**base_linears[name].tensors, **keys})
-        return AdapterParts(tensors, specs, saved_param_names(base_linears, self.modules_to_save))
+        return AdapterParts(tensors, specs)                   # modules_to_save: the host adds those
 
 
 def adapter_modules(config: GPTConfig, adapter_config: AdapterConfig) -> list[str]:

@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar
 
-from minilora.adapters.adapted import AdapterParts, saved_param_names
+from minilora.adapters.adapted import AdapterParts
 from minilora.adapters.files import register_config
 from minilora.adapters.lora import INITS, init_lora_pair
 from minilora.nn import backend
@@ -77,12 +77,12 @@ class LoraConfig:
             tensors[a_key], tensors[b_key] = A, B_
             specs[name] = LinearSpec("lora", {**base_linears[name].tensors, "lora_A": a_key, "lora_B": b_key},
                                      {"scale": scale, "dropout": self.lora_dropout})
-        saved = saved_param_names(base_linears, self.modules_to_save)
+        saved = []                                            # modules_to_save: the host adds those
         if self.bias == "all":
-            saved += [f"{n}.bias" for n in model.config.linear_names()]
+            saved = [f"{n}.bias" for n in model.config.linear_names()]
         elif self.bias == "lora_only":
-            saved += [f"{n}.bias" for n in specs]
-        return AdapterParts(tensors, specs, sorted(set(saved)))
+            saved = [f"{n}.bias" for n in specs]
+        return AdapterParts(tensors, specs, saved)
 
 
 def _pattern_value(name: str, pattern: dict, default):

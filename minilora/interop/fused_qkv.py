@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from minilora import io
-from minilora.adapters.lora import LoraConfig
+from minilora.adapters.config import LoraConfig
 from minilora.interop import patterns
 from minilora.interop.hf_gpt2 import PREFIX as HF_PREFIX
 from minilora.interop.peft_format import MAGNITUDE, PREFIX, scale

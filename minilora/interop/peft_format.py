@@ -26,7 +26,7 @@ import math
 from pathlib import Path
 
 from minilora import io
-from minilora.adapters.lora import LoraConfig
+from minilora.adapters.config import LoraConfig
 from minilora.interop import patterns
 
 PREFIX = "base_model.model."

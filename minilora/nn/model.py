@@ -24,8 +24,9 @@ Every linear layer, the heads included, is data: ``model.linears[name]`` is a
 reads. The LM head is the linear "lm_head" reading ``wte.weight`` (tied); a classification head is
 the linear "head". The model runs each through its kind's forward/backward pair, so an adapter
 (LoRA, DoRA, ...) changes a layer by changing its spec, and the model knows nothing about them.
-Layer norm, GELU and attention go through ``model.kernels`` (textbook forms by default; see
-``minilora.nn.kernels``).
+Layer norms read their tensors through ``model.norms[name]`` ({"weight": ..., "bias": ...}), for the
+same reason. Layer norm, GELU and attention compute through ``model.kernels`` (textbook forms by
+default; see ``minilora.nn.kernels``).
 """
 from __future__ import annotations
 
@@ -68,6 +69,10 @@ class GPTConfig:
     def linear_names(self) -> list[str]:
         """Dotted names of every linear layer, e.g. 'blocks.0.attn.wq'."""
         return [f"blocks.{i}.{m}" for i in range(self.n_layer) for m in BLOCK_LINEARS]
+
+    def norm_names(self) -> list[str]:
+        """Dotted names of every layer norm, e.g. 'blocks.0.ln1', ..., 'ln_f'."""
+        return [f"blocks.{i}.{n}" for i in range(self.n_layer) for n in ("ln1", "ln2")] + ["ln_f"]
 
 
 def param_shapes(config: GPTConfig) -> dict[str, tuple]:
@@ -116,6 +121,8 @@ class GPT:
         self.trainable: set[str] = set(self.params)
         self.linears: dict[str, LinearSpec] = {name: plain(name) for name in config.linear_names()}
         self.linears["lm_head"] = plain("wte", bias=False)        # tied: logits = h @ wte.T
+        # Layer norms read their gain and shift by name too, so an adapter can train its own copy.
+        self.norms: dict[str, dict] = {n: {"weight": f"{n}.weight", "bias": f"{n}.bias"} for n in config.norm_names()}
         if "head.weight" in self.params:                          # a checkpoint with a task head
             self.linears["head"] = plain("head")
         self.kernels = TEXTBOOK                                   # layer norm, GELU, attention, loss
@@ -194,11 +201,11 @@ class GPT:
         return dx
 
     def _layernorm(self, name, x):
-        return self.kernels.layernorm_forward(x, self.params[name + ".weight"], self.params[name + ".bias"],
-                                              self.config.ln_eps)
+        t = self.norms[name]
+        return self.kernels.layernorm_forward(x, self.params[t["weight"]], self.params[t["bias"]], self.config.ln_eps)
 
     def _layernorm_backward(self, name, dy, cache, grads):
-        keys = (name + ".weight", name + ".bias")
+        keys = (self.norms[name]["weight"], self.norms[name]["bias"])
         dx, dgamma, dbeta = self.kernels.layernorm_backward(
             dy, cache, param_grads=any(k in self.trainable for k in keys))
         for key, g in zip(keys, (dgamma, dbeta)):
