@@ -46,3 +46,32 @@ def test_check_layer_refuses_float32_inputs(rng):
     x = rng.standard_normal(3).astype(np.float32)
     with pytest.raises(TypeError, match="float64"):
         check_layer(lambda x: (2 * x, None), lambda d, c: (2 * d,), [x])
+
+
+# --------------------------------------------------------------------------- messages that teach
+def test_a_transposed_gradient_is_reported_as_a_shape_mismatch(rng):
+    """dA (d_in, r) for A (r, d_in) fails with a sentence about shapes, not a relative error."""
+    A = rng.standard_normal((2, 5))
+    with pytest.raises(AssertionError, match=r"gradient of A has shape \(5, 2\), but A has shape \(2, 5\).*transpose"):
+        check_gradient(lambda: float((A ** 2).sum()), A, (2 * A).T, name="A")
+
+
+def test_a_gradient_off_by_a_constant_factor_names_the_factor(rng):
+    """A gradient 4 times too small (a missing scale s = 4) is reported with its factor 0.25."""
+    x = rng.standard_normal(6)
+    with pytest.raises(AssertionError, match=r"exactly 0\.25 times the right gradient.*scale"):
+        check_gradient(lambda: float((4 * x ** 2).sum()), x, 2 * x, name="x")
+
+
+def test_a_gradient_with_the_wrong_sign_is_reported_as_such(rng):
+    """-g instead of g: the message says the sign is flipped."""
+    x = rng.standard_normal(6)
+    with pytest.raises(AssertionError, match="sign is flipped"):
+        check_gradient(lambda: float((x ** 2).sum()), x, -2 * x, name="x")
+
+
+def test_a_non_zero_gradient_where_the_loss_is_flat_points_at_a_zero_partner(rng):
+    """With B = 0 the loss cannot depend on A: a non-zero dA is reported with that reason."""
+    A, B_ = rng.standard_normal((2, 5)), np.zeros((3, 2))
+    with pytest.raises(AssertionError, match=r"does not depend on A.*non-zero values"):
+        check_gradient(lambda: float((B_ @ A).sum()), A, np.ones_like(A), name="A")

@@ -88,6 +88,7 @@ def check_gradient(f: Callable[[], float], x, analytic, *, name: str = "x", h: f
     (for gradients that are zero by the math). Raises AssertionError naming the tensor, the
     error and the tolerance when the check fails.
     """
+    _check_shape(analytic, x, name)
     numeric, idx = numerical_gradient(f, x, h=h, max_entries=max_entries, seed=seed)
     analytic = backend.to_numpy(analytic).reshape(-1)[idx]
     numeric = numeric.reshape(-1)[idx]
@@ -96,9 +97,45 @@ def check_gradient(f: Callable[[], float], x, analytic, *, name: str = "x", h: f
         return err
     assert err < tol, (
         f"gradient of {name} is wrong: relative error {err:.2e} >= tolerance {tol:.0e} "
-        f"over {len(idx)} entries (analytic vs central differences)"
+        f"over {len(idx)} entries (analytic vs central differences){diagnose(analytic, numeric, name)}"
     )
     return err
+
+
+# --------------------------------------------------------------------------- messages that teach
+def _check_shape(analytic, x, name: str) -> None:
+    """A gradient has the shape of its variable; say so before comparing any number."""
+    got, want = tuple(getattr(analytic, "shape", ())), tuple(x.shape)
+    if got == want:
+        return
+    why = (" It is the transpose of the right shape: check the order of the product (a gradient "
+           "of W (d_out, d_in) is (d_out, d_in), like W)." if got == want[::-1] and len(want) == 2 else "")
+    raise AssertionError(f"gradient of {name} has shape {got}, but {name} has shape {want}: "
+                         f"a gradient always has the shape of its variable.{why}")
+
+
+def diagnose(analytic, numeric, name: str = "x") -> str:
+    """A sentence on how a wrong gradient is wrong, when the pattern is a common one; else "".
+
+    analytic, numeric: flat float arrays of the same length (the checked entries).
+    Recognised: a zero numerical gradient (the loss does not depend on the variable here, e.g. A
+    while B = 0), a zero analytic gradient, and a constant factor (a scale forgotten or counted
+    twice, a mean instead of a sum, a flipped sign).
+    """
+    a, n = np.asarray(analytic, np.float64), np.asarray(numeric, np.float64)
+    na, nn = np.linalg.norm(a), np.linalg.norm(n)
+    if nn == 0:
+        return (f". The loss does not depend on {name} at this point (numerical gradient 0) but the "
+                f"analytic one is not 0. (If a partner factor is zero, as B is at LoRA's init, no check "
+                f"can test {name}: use random non-zero values.)")
+    if na == 0:
+        return f". The analytic gradient is exactly 0: is the path from the output to {name} missing?"
+    c = float(a @ n) / float(n @ n)                       # best c with analytic = c * numeric
+    if a.size > 1 and np.linalg.norm(a - c * n) < 1e-6 * na and abs(c - 1) > 1e-3:   # one entry: always a factor
+        kind = "the sign is flipped" if abs(c + 1) < 1e-3 else "a scale is missing or counted twice, " \
+            "or a mean stands where a sum should (or the reverse)"
+        return f". It is exactly {c:.6g} times the right gradient everywhere: {kind}."
+    return ""
 
 
 # --------------------------------------------------------------------------- whole layers
