@@ -81,12 +81,12 @@ def test_dora_dropout_matches_peft_training_formula(rng):
 
 
 def test_rslora_scale_composes_with_dora(rng):
-    """use_rslora gives s = alpha / sqrt(r); DoRA with it equals DoRA with a plain alpha' = alpha sqrt(r)."""
+    """DoRA with rsLoRA's scale (1.5 for alpha = 3, r = 4) equals DoRA with the same plain scale (alpha' = 6)."""
     r, alpha = 4, 3.0
     rs = resolve_targets(tiny_float64_base(), LoraConfig(r=r, lora_alpha=alpha, use_rslora=True))
-    plain = resolve_targets(tiny_float64_base(), LoraConfig(r=r, lora_alpha=alpha * math.sqrt(r)))
+    plain = resolve_targets(tiny_float64_base(), LoraConfig(r=r, lora_alpha=6.0))      # 6 / 4 = 1.5
     s_rs, s_plain = rs["blocks.0.attn.wq"][1], plain["blocks.0.attn.wq"][1]
-    assert s_rs == pytest.approx(alpha / math.sqrt(r), rel=1e-15), f"expected alpha/sqrt(r) = 1.5, got {s_rs}"
+    assert s_rs == pytest.approx(1.5, rel=1e-15), f"expected rsLoRA's scale 1.5, got {s_rs}"
     x, W0, b, A, B_, m, _ = make_case(rng, r=r)
     y_rs, _ = dora_forward(x, W0, b, A, B_, m, s_rs)
     y_plain, _ = dora_forward(x, W0, b, A, B_, m, s_plain)

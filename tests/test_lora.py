@@ -5,7 +5,8 @@ import pytest
 from minilora.nn.gradcheck import check_layer
 from minilora.nn.layers import linear_forward
 from minilora.adapters.config import LoraConfig, expected_trainable_count, lora_param_count
-from minilora.adapters.lora import init_lora_pair, lora_backward, lora_forward, merge_weights, unmerge_weights
+from minilora.adapters.lora import (init_lora_pair, lora_backward, lora_forward, lora_scale, merge_weights,
+                                   unmerge_weights)
 from minilora.adapters.lora_model import LoraModel
 
 from helpers import tiny_float64_base
@@ -31,14 +32,41 @@ def test_lora_backward_with_dropout_matches_numerical_gradient(rng):
     assert max(errors.values()) < 1e-7, errors
 
 
-def test_lora_forward_matches_its_closed_form(rng):
-    """eq. (3) written out: h = x W0^T + b + (alpha/r) (x A^T) B^T, dropout on the A path only."""
+def test_lora_forward_with_B_zero_is_the_frozen_linear_layer(rng):
+    """§4.1: with B = 0 the layer is exactly x W0^T + b, whatever A, s and the dropout mask are."""
+    x, W0, b = rng.standard_normal((2, 4, 6)), rng.standard_normal((5, 6)), rng.standard_normal(5)
+    mask = (rng.random((2, 4, 6)) > 0.5) * 2.0
+    h, _ = lora_forward(x, W0, b, rng.standard_normal((3, 6)), np.zeros((5, 3)), 0.75, mask)
+    assert h.shape == (2, 4, 5), f"expected h of shape (B, T, d_out) = (2, 4, 5), got {h.shape}"
+    assert np.array_equal(h, linear_forward(x, W0, b)[0]), "B = 0 must leave the frozen path unchanged"
+
+
+def test_lora_forward_adds_s_times_input_i_to_output_j_for_unit_factors(rng):
+    """A = e_i^T (1, d_in), B = e_j (d_out, 1): the update adds s x[..., i] to output j and nothing else."""
+    x, W0, b = rng.standard_normal((2, 4, 6)), rng.standard_normal((5, 6)), rng.standard_normal(5)
+    A, B_ = np.zeros((1, 6)), np.zeros((5, 1))
+    A[0, 2], B_[3, 0] = 1.0, 1.0
+    delta = lora_forward(x, W0, b, A, B_, 0.75)[0] - linear_forward(x, W0, b)[0]     # (2, 4, 5)
+    assert np.allclose(delta[..., 3], 0.75 * x[..., 2], atol=1e-12), "output 3 should gain s * x[..., 2]"
+    assert np.allclose(np.delete(delta, 3, axis=-1), 0.0, atol=1e-12), "other outputs must not change"
+
+
+def test_lora_update_is_linear_in_s_and_has_rank_at_most_r(rng):
+    """h - x W0^T - b doubles when s doubles, and over many rows it spans at most r directions."""
+    x, W0 = rng.standard_normal((40, 6)), rng.standard_normal((5, 6))
+    A, B_ = rng.standard_normal((2, 6)), rng.standard_normal((5, 2))
+    base = linear_forward(x, W0, None)[0]
+    d1, d2 = (lora_forward(x, W0, None, A, B_, s)[0] - base for s in (0.5, 1.0))
+    assert np.allclose(d2, 2 * d1, atol=1e-12), "the update is proportional to s"
+    assert np.linalg.matrix_rank(d1) == 2, f"rank of the update over 40 rows: {np.linalg.matrix_rank(d1)}, r = 2"
+
+
+def test_lora_dropout_applies_to_the_A_path_only(rng):
+    """A keep-mask of zeros removes the update and leaves the frozen path: h = x W0^T + b."""
     x, W0, b = rng.standard_normal((2, 4, 6)), rng.standard_normal((5, 6)), rng.standard_normal(5)
     A, B_ = rng.standard_normal((3, 6)), rng.standard_normal((5, 3))
-    mask = (rng.random((2, 4, 6)) > 0.5) * 2.0
-    h, _ = lora_forward(x, W0, b, A, B_, 0.75, mask)
-    expected = x @ W0.T + b + 0.75 * ((x * mask) @ A.T) @ B_.T
-    assert np.allclose(h, expected, atol=1e-12), f"max diff {np.abs(h - expected).max():.2e}"
+    h, _ = lora_forward(x, W0, b, A, B_, 0.75, np.zeros((2, 4, 6)))
+    assert np.allclose(h, linear_forward(x, W0, b)[0], atol=1e-12), "dropout must not touch x W0^T"
 
 
 def test_lora_forward_equals_linear_with_merged_weight(rng):
@@ -89,6 +117,76 @@ def test_kaiming_init_is_uniform_within_one_over_sqrt_d_in():
     """PEFT's default: A ~ U(-1/sqrt(d_in), 1/sqrt(d_in))."""
     A, _ = init_lora_pair(8, 400, 16, init="kaiming", dtype=np.float64)
     assert np.abs(A).max() <= 1 / 20 and np.abs(A).max() > 0.95 / 20
+
+
+def test_every_init_starts_with_delta_W_zero():
+    """§4.1: whichever init, B A = 0 at the start, with A (r, d_in) and B (d_out, r)."""
+    for init in ("gaussian", "peft_gaussian", "kaiming", "reversed", "zeros"):
+        A, B_ = init_lora_pair(7, 5, 3, init=init, dtype=np.float64, rng=np.random.default_rng(0))
+        assert A.shape == (3, 5) and B_.shape == (7, 3), f"{init}: shapes {A.shape}, {B_.shape}"
+        assert not (B_ @ A).any(), f"{init}: B A must be exactly 0 at init"
+
+
+def test_only_one_factor_is_random_and_which_one_depends_on_the_init():
+    """Gaussian and kaiming: A random, B = 0; "reversed": A = 0, B random; "zeros": both 0."""
+    draw = {init: init_lora_pair(64, 32, 4, init=init, dtype=np.float64) for init in
+            ("gaussian", "kaiming", "reversed", "zeros")}
+    random_A = {init: bool(A.any()) for init, (A, _) in draw.items()}
+    random_B = {init: bool(B_.any()) for init, (_, B_) in draw.items()}
+    assert random_A == {"gaussian": True, "kaiming": True, "reversed": False, "zeros": False}, random_A
+    assert random_B == {"gaussian": False, "kaiming": False, "reversed": True, "zeros": False}, random_B
+
+
+def test_init_std_argument_is_used_as_given():
+    """A user's std is never replaced: std = 0.3 gives A of std 0.3 (for the reversed init, B)."""
+    A, _ = init_lora_pair(16, 4096, 4, std=0.3, dtype=np.float64)
+    _, B_ = init_lora_pair(4096, 16, 4, init="reversed", std=0.3, dtype=np.float64)
+    assert A.std() == pytest.approx(0.3, rel=0.03) and B_.std() == pytest.approx(0.3, rel=0.03)
+
+
+def test_init_returns_the_requested_dtype_and_refuses_unknown_names():
+    """dtype float32 by default; an unknown init name is refused with the valid names listed."""
+    A, B_ = init_lora_pair(4, 6, 2)
+    assert A.dtype == np.float32 and B_.dtype == np.float32, (A.dtype, B_.dtype)
+    with pytest.raises(ValueError, match="unknown init_lora_weights 'xavier'.*kaiming"):
+        init_lora_pair(4, 6, 2, init="xavier")
+
+
+# --------------------------------------------------------------------------- the scale
+def test_scale_has_the_papers_values():
+    """Known values of the scale, Hu et al. 2021 §4.1 and rsLoRA (Kalajdzievski 2023): alpha = 16, r = 4."""
+    assert lora_scale(16, 4) == 4.0 and lora_scale(8, 8) == 1.0, (lora_scale(16, 4), lora_scale(8, 8))
+    assert lora_scale(16, 4, use_rslora=True) == 8.0, lora_scale(16, 4, use_rslora=True)
+    assert lora_scale(16, 1, use_rslora=True) == lora_scale(16, 1) == 16.0
+
+
+def test_rslora_keeps_the_update_size_flat_in_r(rng):
+    """For A, B with entries of a size that does not depend on r, the rsLoRA scale keeps |s B A x|
+    the same from r = 4 to r = 64, while the paper's shrinks it about 4-fold (Kalajdzievski 2023)."""
+    d, x = 256, rng.standard_normal((64, 256))
+
+    def update_size(r, rslora):
+        A, B_ = rng.standard_normal((r, d)) / np.sqrt(d), rng.standard_normal((d, r))
+        return np.linalg.norm(lora_scale(8.0, r, rslora) * (x @ A.T) @ B_.T) / np.linalg.norm(x)
+
+    rs = update_size(64, True) / update_size(4, True)
+    plain = update_size(64, False) / update_size(4, False)
+    assert 0.8 < rs < 1.25, f"rsLoRA: size at r = 64 over size at r = 4 should be ~1, got {rs:.2f}"
+    assert 0.2 < plain < 0.32, f"alpha / r: expected ~1/sqrt(16) = 0.25, got {plain:.2f}"
+
+
+def test_rank_that_is_not_a_positive_integer_is_refused():
+    """r = 0, r = -2 or r = 2.5 cannot be a rank: ValueError naming the value."""
+    for r in (0, -2, 2.5):
+        with pytest.raises(ValueError, match=f"rank r must be a positive integer, got {r}"):
+            lora_scale(8.0, r)
+
+
+def test_use_rslora_sets_every_adapted_modules_scale():
+    """LoraConfig(use_rslora=True) gives each module the rsLoRA scale of its own r, rank patterns included."""
+    lm = LoraModel(tiny_float64_base(), LoraConfig(r=4, lora_alpha=8, use_rslora=True, rank_pattern={"wv": 16}))
+    scales = {m.split(".", 2)[-1]: s for m, (_, s) in lm.modules["default"].items()}
+    assert scales == {"attn.wq": 4.0, "attn.wv": 2.0}, scales
 
 
 def test_merge_then_unmerge_restores_w0_up_to_float32_rounding(rng):

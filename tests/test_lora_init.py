@@ -1,11 +1,10 @@
 """Specification of PiSSA / OLoRA initialisation and their conversion back to plain LoRA."""
-import math
 
 import numpy as np
 import pytest
 
 from minilora.adapters.dora import dora_forward, dora_magnitude_init
-from minilora.adapters.lora import lora_forward, merge_weights
+from minilora.adapters.lora import lora_forward, lora_scale, merge_weights
 from minilora.adapters.lora_init import converted_lora_alpha, olora_init, pissa_init, to_plain_lora
 
 from helpers import TINY_LORA_BASE, tiny_float64_base
@@ -125,7 +124,7 @@ def test_conversion_refuses_mismatched_shapes(rng):
 
 @pytest.mark.parametrize("use_rslora, r, alpha, scale", [(False, 4, 8.0, 8.0 / 4), (True, 4, 8.0, 8.0 / 2)])
 def test_converted_alpha_keeps_the_scale(use_rslora, r, alpha, scale):
-    """2r and alpha' give the same s: alpha'/(2r) = alpha/r, or alpha'/sqrt(2r) = alpha/sqrt(r) (rsLoRA)."""
+    """2r and alpha' give the scale s that r and alpha gave, with the paper's scale and with rsLoRA's."""
     r2, alpha2 = converted_lora_alpha(r, alpha, use_rslora)
-    got = alpha2 / (math.sqrt(r2) if use_rslora else r2)
+    got = lora_scale(alpha2, r2, use_rslora)
     assert r2 == 2 * r and got == pytest.approx(scale, rel=1e-15), f"expected scale {scale}, got {got} (r' = {r2})"

@@ -1,18 +1,30 @@
-"""Specification of the tutorial notebooks as files: valid, output-free, titled, built on the package.
+"""Specification of the tutorial notebooks: as files (valid, output-free, titled, built on the
+package) and as runs (every cell runs, so every check holds; every notebook shows a figure).
 
-Running them is nbmake's job (`python -m pytest --nbmake tutorials/`, part of `make test`): every
-check cell asserts, so a notebook that runs is a notebook whose checks pass. These tests cover what a
-reviewer reads in a diff: notebooks are committed without outputs, so diffs show only the source.
+The runs execute each notebook once, in a fresh python3 kernel started in tutorials/, and save the
+executed copy to build/notebooks/: the site (`make docs`) is built from those copies, so its plots
+and numbers are the ones this run checked. Notebooks are committed without outputs, so diffs show
+only the source. A run also records which graded library functions the notebook calls, so the
+student README's "needs steps" table (minilora.classroom.student_readme.NOTEBOOK_NEEDS) stays true
+(a call of an optimised copy in minilora.fast counts for its step: in a workspace it calls the textbook form).
 """
+import json
 import re
+import time
 from pathlib import Path
 
 import pytest
 
+from minilora.classroom.exercises import STEPS, TEXTBOOK_IN_WORKSPACE
+from minilora.classroom.student_readme import NOTEBOOK_NEEDS
+
 nbformat = pytest.importorskip("nbformat")
 
-TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
+REPO = Path(__file__).resolve().parent.parent
+TUTORIALS = REPO / "tutorials"
 NOTEBOOKS = sorted(TUTORIALS.glob("*.ipynb"))
+EXECUTED = REPO / "build" / "notebooks"
+CELL_TIMEOUT = 600
 
 
 def load(path):
@@ -99,3 +111,98 @@ def test_readme_lists_every_notebook():
     readme = (TUTORIALS / "README.md").read_text(encoding="utf-8")
     missing = [p.name for p in NOTEBOOKS if p.name not in readme]
     assert not missing, f"tutorials/README.md does not list {missing}"
+
+
+# --------------------------------------------------------------------------- runs
+# Run in the kernel before the notebook: a profile hook that records which graded library
+# functions get called (by file and name, so that nothing is imported before the notebook's setup).
+_RECORD_CALLS = """
+import sys as _sys, threading as _threading
+_minilora_targets, _minilora_calls, _minilora_codes = {targets!r}, set(), {{}}
+
+
+def _minilora_profile(frame, event, arg):
+    if event == "call":
+        code = frame.f_code
+        step = _minilora_codes.get(code)
+        if step is None:
+            where = code.co_filename.replace(chr(92), "/")
+            step = _minilora_codes[code] = next((n for (f, name), n in _minilora_targets.items()
+                                                 if name == code.co_name and where.endswith(f)), 0)
+        if step:
+            _minilora_calls.add(step)
+
+
+_sys.setprofile(_minilora_profile)
+_threading.setprofile(_minilora_profile)
+"""
+_REPORT_CALLS = "_sys.setprofile(None); print(sorted(_minilora_calls))"
+
+
+class Run:
+    """One execution of a notebook: the executed copy, the steps it called, the seconds, or the error."""
+
+    def __init__(self, path: Path):
+        from nbclient import NotebookClient
+
+        nb = nbformat.read(path, as_version=4)
+        targets = {(s.module, f): s.number for s in STEPS for f in s.functions}
+        graded = {f: n for (_, f), n in targets.items()}
+        targets |= {(rel, f): graded[f] for rel, fs in TEXTBOOK_IN_WORKSPACE.items() for f in fs if f in graded}
+        nb.cells.insert(0, nbformat.v4.new_code_cell(_RECORD_CALLS.format(targets=targets)))
+        nb.cells.append(nbformat.v4.new_code_cell(_REPORT_CALLS))
+        self.error, start = None, time.perf_counter()
+        try:
+            NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
+                           resources={"metadata": {"path": str(path.parent)}}).execute()
+        except Exception as e:                 # CellExecutionError, a dead kernel, a timeout
+            self.error = f"{type(e).__name__}: {e}"
+        self.seconds = time.perf_counter() - start
+        report = nb.cells.pop()
+        nb.cells.pop(0)
+        for cell in nb.cells:                  # number the cells as if the recorder had not run
+            if cell.get("execution_count"):
+                cell.execution_count -= 1
+        self.steps = tuple(json.loads(report.outputs[0]["text"])) if report.get("outputs") else None
+        self.nb = nb
+        EXECUTED.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, EXECUTED / path.name)
+
+
+_RUNS: dict[Path, Run] = {}
+
+
+def run(path: Path) -> Run:
+    """The notebook's run, executed on first use (every test of a notebook shares it)."""
+    if path not in _RUNS:
+        _RUNS[path] = Run(path)
+    return _RUNS[path]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs_to_the_end_so_every_check_holds(path):
+    """Every cell runs without an error in a fresh kernel; the executed copy goes to build/notebooks/."""
+    r = run(path)
+    assert r.error is None, f"{path.name} failed after {r.seconds:.0f} s:\n{r.error[-3000:]}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_shows_at_least_one_figure(path):
+    """The executed notebook holds an image output: a plot or a diagram."""
+    r = run(path)
+    images = [o for c in r.nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if {"image/png", "image/svg+xml"} & set(o.get("data", {}))]
+    assert r.error is None and images, f"{path.name}: no figure in the executed notebook ({r.error})"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_needs_exactly_the_steps_the_student_readme_lists(path):
+    """The graded library functions the run called are those of NOTEBOOK_NEEDS[notebook]."""
+    r = run(path)
+    assert r.error is None and r.steps is not None, f"{path.name} did not run to the end"
+    listed = NOTEBOOK_NEEDS.get(path.name)
+    assert tuple(r.steps) == listed, (f"{path.name} calls the functions of steps {list(r.steps)}; "
+                                      f"NOTEBOOK_NEEDS lists {listed}: update minilora/classroom/student_readme.py")

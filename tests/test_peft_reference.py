@@ -112,7 +112,7 @@ def test_dora_magnitude_is_saved_as_lora_magnitude_vector_with_d_out_entries(pef
 
 
 def test_peft_dora_scale_with_rslora_is_the_one_minilora_resolves(peft_ref):
-    """PEFT's DoRA scale is alpha/r, or alpha/sqrt(r) with use_rslora: resolve_targets gives the same."""
+    """PEFT's DoRA scale, plain and with use_rslora, is the one resolve_targets gives."""
     meta = peft_ref[1]["cases"]
     for case, use_rslora in (("plain", False), ("rslora", True)):
         ours = resolve_targets(tiny_float64_base(), LoraConfig(r=3, lora_alpha=5, use_rslora=use_rslora))

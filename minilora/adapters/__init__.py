@@ -1,7 +1,8 @@
 """Adapters on a frozen GPT.
 
   * the host: ``adapted`` (add, switch, merge, save and load any adapter), ``files``;
-  * LoRA: ``lora`` (the layer), ``config`` (LoraConfig), ``lora_model`` (LoraModel);
+  * LoRA: ``lora`` (the layer), ``config`` (LoraConfig), ``lora_model`` (LoraModel), ``bookkeeping``
+    (what trains while an adapter is active; merging adapters in place and back);
   * its successors' math: ``dora``, ``lora_init`` (PiSSA, OLoRA), ``combine``, ``decomposition``;
   * QLoRA's 4-bit storage of the frozen base: ``quant_codes``, ``quant``, ``quant_dq``,
     ``quant_tensor``, ``qlinear``;

@@ -17,8 +17,8 @@ Each adapter i adds s_i B_i A_i to the same W0. Given weights w_i, the target up
                 the largest input rank.
 
 The combined adapter has scale 1 (PEFT writes lora_alpha = r for it); its file must say
-use_rslora = false, or the scale becomes sqrt(r) (PEFT 0.21 copied use_rslora from the first
-adapter and so overscaled rsLoRA combinations by sqrt(r); fixed in PEFT PR #3449).
+use_rslora = false, or rsLoRA's scale applies to it instead (PEFT 0.21 copied use_rslora from the
+first adapter and so overscaled rsLoRA combinations; fixed in PEFT PR #3449).
 
 Every result reports ``error = ||dW - B A||_F`` and ``relative_error = error / ||dW||_F``, so
 the three kinds can be compared on the same footing.

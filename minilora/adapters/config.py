@@ -1,18 +1,17 @@
 """``LoraConfig``: which matrices get a LoRA adapter, at what rank and scale (PEFT's field names).
 
 ``resolve_targets`` turns a config into the adapted matrices with their rank r and scale
-s = lora_alpha / r (Hu et al. 2021, §4.1; alpha / sqrt(r) with rsLoRA), and ``build`` makes an
+s = ``lora_scale(lora_alpha, r, use_rslora)`` (Hu et al. 2021, §4.1, or rsLoRA's), and ``build`` makes an
 adapter's tensors and layer specs for ``minilora.adapters.adapted.AdaptedModel``.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import ClassVar
 
 from minilora.adapters.adapted import AdapterParts
 from minilora.adapters.files import register_config
-from minilora.adapters.lora import INITS, init_lora_pair
+from minilora.adapters.lora import INITS, init_lora_pair, lora_scale
 from minilora.nn import backend
 from minilora.nn.linears import LinearSpec
 from minilora.nn.model import GPT, SHORT_NAMES
@@ -35,7 +34,7 @@ class LoraConfig:
     init_std: float | None = None                # gaussian std; None = 1/sqrt(d_in) (see init_lora_pair)
     bias: str = "none"                           # none | all | lora_only: which biases also train
     modules_to_save: tuple = ()                  # trained fully and saved with the adapter, e.g. ("head",)
-    use_rslora: bool = False                     # scale alpha / sqrt(r) instead (Kalajievski 2023)
+    use_rslora: bool = False                     # rsLoRA's rank-stabilised scale (Kalajdzievski 2023), see lora_scale
     seed: int = 0                                # initialisation of A (and dropout masks)
 
     def __post_init__(self):
@@ -124,7 +123,7 @@ def resolve_targets(model: GPT, config: LoraConfig) -> dict[str, tuple[int, floa
             raise ValueError(f"rank r = {r} is out of range for {name} with W0 of shape ({d_out}, {d_in}); "
                              f"choose 1 <= r <= min(d_out, d_in) = {min(d_out, d_in)}")
         alpha = float(_pattern_value(name, config.alpha_pattern, config.lora_alpha))
-        out[name] = (r, alpha / (math.sqrt(r) if config.use_rslora else r))
+        out[name] = (r, lora_scale(alpha, r, config.use_rslora))
     return out
 
 

@@ -67,7 +67,7 @@ def dora_forward(x, W0, b, A, B_, m, scale, dropout_mask=None):
     """y = (m / ||V||) * (x V^T) + b with V = W0 + s B A (eq. 5), without forming V for the output.
 
     x (..., d_in), W0 (d_out, d_in) frozen, b (d_out,) or None, A (r, d_in), B_ (d_out, r),
-    m (d_out,), scale s (alpha / r, or alpha / sqrt(r) for rsLoRA), dropout_mask (..., d_in) or
+    m (d_out,), scale s (``lora_scale``: the paper's or rsLoRA's), dropout_mask (..., d_in) or
     None (a scaled keep-mask; None in eval)  ->  y (..., d_out);
     cache = (x2, xd, W0, A, B_, V, C, g, u, zv, scale, dropout_mask, shape of x).
 

@@ -11,7 +11,8 @@ Shapes: B batch, T time, C channels, r rank, N = B*T rows. (B the batch size and
 never meet in one formula below: the matrix is written ``B_``/``lora_B`` in code.)
 
 This module holds the math of the layer, as pure functions: ``lora_forward`` / ``lora_backward``,
-``merge_weights`` / ``unmerge_weights`` (W0 + s B A and back) and ``init_lora_pair``; and its entry
+``merge_weights`` / ``unmerge_weights`` (W0 + s B A and back), ``init_lora_pair`` and ``lora_scale``
+(the factor s, the paper's or rsLoRA's); and its entry
 "lora" in the registry of linear kinds (``minilora.nn.linears``), through which the model runs an
 adapted layer. ``minilora.adapters.config.LoraConfig`` says which layers to adapt, and
 ``minilora.adapters.lora_model.LoraModel`` puts adapters on a ``GPT``.
@@ -53,9 +54,11 @@ def lora_forward(x, W0, b, A, B_, scale, dropout_mask=None):
 def lora_backward(dh, cache):
     """dh (..., d_out) -> dx (..., d_in), dA (r, d_in), dB (d_out, r). No dW0: W0 is frozen.
 
+    ### BEGIN HINT
     With u = x A^T and h = x W0^T + s u B^T (docs/lora_math.md):
         dB = s dh^T u,   du = s dh B,   dA = du^T x,   dx = dh W0 + du A.
     At init B = 0, so du = 0 and dA = 0: only B moves in the first step.
+    ### END HINT
     """
     x2, xa, W0, A, B_, u, scale, dropout_mask, x_shape = cache
     ### BEGIN SOLUTION
@@ -100,21 +103,40 @@ def init_lora_pair(d_out, d_in, r, *, init="gaussian", std=None, rng=None, dtype
            "reversed":      A = 0, B ~ N(0, std^2) (an ablation: dW = 0 too, but now A moves first);
            "zeros":         A = 0 and B = 0 (an ablation: every gradient stays 0, nothing ever moves).
     """
+    if init not in INITS:
+        raise ValueError(f"unknown init_lora_weights {init!r}; choose one of {INITS}")
     rng = rng if rng is not None else backend.rng(0)
     dtype = dtype or backend.default_dtype()
+    ### BEGIN SOLUTION
     if std is None:
         std = 1.0 / r if init == "peft_gaussian" else 1.0 / math.sqrt(d_in)
-    A, B_ = np.zeros((r, d_in)), np.zeros((d_out, r))
+    A, B_ = np.zeros((r, d_in)), np.zeros((d_out, r))        # drawn on the CPU, moved below
     if init in ("gaussian", "peft_gaussian"):
         A = rng.normal(0.0, std, (r, d_in))
     elif init == "kaiming":
-        bound = 1.0 / math.sqrt(d_in)
+        bound = 1.0 / math.sqrt(d_in)                        # kaiming-uniform with a = sqrt(5)
         A = rng.uniform(-bound, bound, (r, d_in))
     elif init == "reversed":
         B_ = rng.normal(0.0, std, (d_out, r))
-    elif init != "zeros":
-        raise ValueError(f"unknown init_lora_weights {init!r}; choose one of {INITS}")
+    ### END SOLUTION
     return backend.asarray(A, dtype=dtype), backend.asarray(B_, dtype=dtype)
+
+
+def lora_scale(lora_alpha: float, r: int, use_rslora: bool = False) -> float:
+    """The factor s in h = W0 x + s B A x: Hu et al. 2021's (§4.1), or rsLoRA's (Kalajdzievski 2023).
+
+    lora_alpha: the constant alpha (§4.1: set once, "to the first r we try", and not tuned);
+    r:          the rank, an integer >= 1;
+    use_rslora: the rank-stabilised scale, under which the size of s B A x no longer shrinks as r grows.
+    ### BEGIN HINT
+    s = alpha / r (§4.1), or with rsLoRA s = alpha / sqrt(r) (Kalajdzievski 2023, Theorem 3.2).
+    ### END HINT
+    """
+    if isinstance(r, bool) or int(r) != r or r < 1:
+        raise ValueError(f"rank r must be a positive integer, got {r!r}")
+    ### BEGIN SOLUTION
+    return lora_alpha / (math.sqrt(r) if use_rslora else r)
+    ### END SOLUTION
 
 
 # --------------------------------------------------------------------------- the registry entry

@@ -22,8 +22,7 @@ Shapes: W0 (d_out, d_in), A (r, d_in), B (d_out, r); the matrix B is written ``B
 """
 from __future__ import annotations
 
-import math
-
+from minilora.adapters.lora import lora_scale
 from minilora.nn.backend import xp
 
 
@@ -82,7 +81,7 @@ def to_plain_lora(A0, B0, A, B_):
 def converted_lora_alpha(r: int, lora_alpha: float, use_rslora: bool = False) -> tuple[int, float]:
     """(2r, alpha') for the converted adapter, chosen so that its scale equals the original's.
 
-    Plain scale alpha / r: alpha' = 2 alpha. rsLoRA's alpha / sqrt(r): alpha' = sqrt(2) alpha.
+    alpha' solves lora_scale(alpha', 2r) = lora_scale(alpha, r); both scales are proportional to alpha.
     (PEFT's ``save_pretrained`` writes the same r and lora_alpha into the converted config.)
     """
-    return 2 * r, lora_alpha * (math.sqrt(2.0) if use_rslora else 2.0)
+    return 2 * r, lora_alpha * lora_scale(1.0, r, use_rslora) / lora_scale(1.0, 2 * r, use_rslora)

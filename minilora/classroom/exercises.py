@@ -1,36 +1,33 @@
-"""Classroom exercises made from the library itself: the step table, the marked solutions and the
-student workspace.
+"""The course's graded steps: the step table and what is derived from it.
 
 The functions students write carry ``### BEGIN SOLUTION`` / ``### END SOLUTION`` comment lines
-around their bodies (the nbgrader convention). ``STEPS`` lists them in teaching order, each with
-the spec tests that grade it. Everything else is derived from that one table:
+around their bodies (the nbgrader convention, ``minilora.classroom.regions``). ``STEPS`` lists
+them in teaching order, each with the spec tests that grade it and the tutorial functions that
+are its notebook exercise. Everything else is derived from that one table:
 
-    make_student_workspace(out)  a copy of the project where each marked region has become
-                                 ``raise NotImplementedError("Step N: <name>")``
     tests/conftest.py            marks each spec test with its step: ``pytest -m step01``
-    grade(workspace)             runs each step's tests on that copy and scores them (grading.py)
-    grade_many(parent)           the same for a folder of submissions, one row per student
+    workspace.py                 the student workspace, the teacher's hint files
+    grading.py                   grades a workspace, one pytest run per step
+    leaks.py                     proves that no solution line reaches a workspace
 
-Command line: ``python -m minilora.classroom {list,make,grade,grade-all} ...`` (docs/teachers.md);
-its parser, exercises_main, lives in grading.py with the grading it runs.
+Command line: ``minilora exercises {list,make,hints,grade,grade-all} ...`` or ``python -m
+minilora.classroom ...`` (docs/teachers.md); its parser lives in grading.py.
 
-Adding a step: mark the function's body in the library and add a row to ``STEPS``. A row whose
-module or function does not exist yet is shown as "not available" and skipped everywhere.
+Adding a step: mark the function's body in the library, add a row to ``STEPS``, register its
+``stepNN`` marker in pyproject.toml. A row whose module or function does not exist yet is shown
+as "not available" and skipped everywhere, so a row can come before its code.
 """
 from __future__ import annotations
 
 import ast
 import json
 import re
-import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
+from minilora.classroom.regions import SolutionMarkerError, find_regions
+
 SOURCE_DIR = Path(__file__).resolve().parents[2]         # the checkout this package lives in
-TEACHER_ONLY = ("tests/test_exercises.py",)                # checks the reference; not handed out
-_JUNK = ("__pycache__", "*.pyc", ".pytest_cache", "*.egg-info", ".ipynb_checkpoints")
 
 
 # --------------------------------------------------------------------------- the step table
@@ -45,6 +42,9 @@ class Step:
               contains one of them. Choose tests that call this step's function and no later
               step's, so that a student can pass the steps in order.
     concept:  one line for the tables.
+    notebook: the tutorial functions (``my_...``) whose marked bodies are this step's notebook
+              exercise; the student's copy of the notebook has this step's stub there.
+    minutes:  the time a student is expected to need, for the tables ("20-30").
     """
     number: int
     name: str
@@ -52,6 +52,8 @@ class Step:
     function: str | tuple[str, ...]
     tests: dict = field(hash=False)
     concept: str = ""
+    notebook: tuple[str, ...] = ()
+    minutes: str = ""
 
     @property
     def marker(self) -> str:
@@ -63,7 +65,7 @@ class Step:
 
     @property
     def stub(self) -> str:
-        """The line that replaces this step's solution regions (before indentation)."""
+        """The statement that replaces this step's solution regions (before indentation)."""
         return f"raise NotImplementedError({json.dumps(f'Step {self.number}: {self.name}')})"
 
     def missing(self, root=SOURCE_DIR) -> str | None:
@@ -77,54 +79,88 @@ class Step:
         return f"{self.module} has no {', '.join(absent)} yet" if absent else None
 
 
-_ADAMW_TESTS = ("test_first_adamw_step", "test_adamw_matches_direct_reimplementation",
-                "test_adamw_matches_torch_adamw", "test_adamw_on_cupy",
+_ADAMW_TESTS = ("test_first_adamw_step", "test_adamw_matches_torch_adamw", "test_adamw_on_cupy",
                 "test_adamw_update_leaves_the_gradient_unchanged",
                 "test_weight_decay_is_decoupled", "test_no_decay_parameters_do_not_shrink",
                 "test_optimizer_state_exists_only_for_trainable_parameters",
                 "test_params_are_updated_in_place", "test_parameter_added_later",
                 "test_learning_rate_set_between_steps_is_used")
+_LORA, _BOOK = "minilora/adapters/lora.py", "minilora/adapters/bookkeeping.py"
 
 STEPS: list[Step] = [
     Step(1, "linear_backward", "minilora/nn/layers.py", "linear_backward",
          {"tests/test_layers.py": ("test_linear_backward_matches_numerical_gradient",
                                    "test_frozen_linear_computes_no_weight_gradient")},
-         "chain rule through y = x W^T + b; a frozen W needs no dW"),
+         "chain rule through y = x W^T + b; a frozen W needs no dW", ("my_linear_backward",), "20-30"),
     Step(2, "layernorm_backward", "minilora/nn/layers.py", "layernorm_backward",
          {"tests/test_layers.py": ("test_layernorm_backward_matches_numerical_gradient",)},
-         "three paths through mean and variance collapse to one formula"),
+         "three paths through mean and variance collapse to one formula", ("my_layernorm_backward",), "40-60"),
     Step(3, "cross_entropy_backward", "minilora/nn/layers.py", "cross_entropy_backward",
          {"tests/test_layers.py": ("test_cross_entropy_backward_matches_numerical_gradient",
                                    "test_cross_entropy_ignores_masked_positions")},
-         "softmax minus one-hot, averaged over the masked positions"),
+         "the gradient of the masked mean loss with respect to the logits", ("my_cross_entropy_grad",), "20-30"),
     Step(4, "attention_backward", "minilora/nn/attention.py", "attention_backward",
          {"tests/test_attention.py": ("test_attention_backward_matches_numerical_gradient",)},
-         "softmax Jacobian, causal mask, scaled dot products"),
+         "softmax Jacobian, causal mask, scaled dot products", ("my_softmax_row_sums",), "45-75"),
     Step(5, "adamw_update", "minilora/nn/optim.py", "adamw_update",
-         {"tests/test_optim.py": _ADAMW_TESTS},
-         "bias-corrected moments and decoupled weight decay"),
-    Step(6, "lora_forward", "minilora/adapters/lora.py", "lora_forward",
-         {"tests/test_lora.py": ("test_lora_forward_matches_its_closed_form",),
+         {"tests/test_optim.py": _ADAMW_TESTS,
+          "tests/test_optim_hidden.py": ("test_adamw_matches_direct_reimplementation",)},
+         "bias-corrected moments and decoupled weight decay", (), "20-30"),
+    Step(6, "lora_init", _LORA, "init_lora_pair",
+         {"tests/test_lora.py": ("_init_has_std_", "test_every_init_starts_with_delta_W_zero",
+                                 "test_only_one_factor_is_random", "test_init_std_argument_is_used",
+                                 "test_kaiming_init_is_uniform", "test_init_returns_the_requested_dtype")},
+         "A random, B = 0: the adapted model starts as the base model", ("my_init",), "15-25"),
+    Step(7, "lora_scale", _LORA, "lora_scale",
+         {"tests/test_lora.py": ("test_scale_has_the_papers_values", "test_rslora_keeps_the_update_size",
+                                 "test_use_rslora_sets_every_adapted_modules_scale",
+                                 "test_rank_and_alpha_patterns_set_per_module_rank_and_scale")},
+         "the scale alpha / r (§4.1), and rsLoRA's rank-stabilised scale", (), "10-20"),
+    Step(8, "lora_forward", _LORA, "lora_forward",
+         {"tests/test_lora.py": ("test_lora_forward_with_B_zero", "test_lora_forward_adds_s_times_input",
+                                 "test_lora_update_is_linear_in_s", "test_lora_dropout_applies_to_the_A_path"),
+          "tests/test_lora_hidden.py": ("test_lora_forward_matches_its_closed_form",),
           "tests/test_lora_model.py": ("test_lora_model_equals_base_model_at_init",
                                        "test_disable_adapter_gives_the_base_logits_exactly",
                                        "test_switching_adapters_gives_each_adapters_own_outputs")},
-         "h = W0 x + (alpha / r) B A x without forming B A"),
-    Step(7, "lora_backward", "minilora/adapters/lora.py", "lora_backward",
+         "h = W0 x + s B A x without forming B A", ("my_lora_forward",), "20-30"),
+    Step(9, "lora_backward", _LORA, "lora_backward",
          {"tests/test_lora.py": ("test_lora_backward_matches_numerical_gradient",
                                  "test_lora_backward_with_dropout_matches_numerical_gradient",
                                  "test_only_B_gets_a_gradient_at_init")},
-         "gradients for A and B only; none for the frozen W0"),
-    Step(8, "merge", "minilora/adapters/lora.py", ("merge_weights", "unmerge_weights"),
+         "gradients for A and B only; none for the frozen W0", ("my_lora_backward",), "30-45"),
+    Step(10, "trainable_set", _BOOK, "trainable_names",
+         {"tests/test_bookkeeping.py": ("test_trainable_set", "test_bias_modes_train",
+                                        "test_saved_modules_train",
+                                        "test_optimizer_state_exists_only_for_the_trainable_set")},
+         "what trains (and keeps optimizer state) while an adapter is active", (), "20-30"),
+    Step(11, "merge", _LORA, ("merge_weights", "unmerge_weights"),
          {"tests/test_lora.py": ("test_merge_then_unmerge_restores_w0_up_to_float32_rounding",
                                  "test_lora_forward_equals_linear_with_merged_weight"),
           "tests/test_lora_model.py": ("test_merged_forward_matches_unmerged_forward",
                                        "test_merge_then_unmerge_restores_the_base_logits",
                                        "test_merge_and_unload_gives_a_plain_model_with_the_same_outputs")},
-         "W = W0 + (alpha / r) B A: no extra latency, and back"),
-    Step(9, "subspace_similarity", "minilora/experiments/analysis.py", ("subspace_similarity", "subspace_similarity_grid"),
+         "W = W0 + s B A: no extra latency, and back", ("my_merge",), "10-20"),
+    Step(12, "merge_bookkeeping", _BOOK, ("merge_adapters", "unmerge_adapters"),
+         {"tests/test_bookkeeping.py": ("test_merge_adds_each_scaled_update_in_place",
+                                        "test_merging_an_adapter_twice", "test_safe_merge",
+                                        "test_unmerge", "test_merge_adapters_agrees_with_lora_model")},
+         "merging in place, never twice, all or nothing; unmerging last-merged-first", (), "30-45"),
+    Step(13, "subspace_similarity", "minilora/experiments/analysis.py",
+         ("subspace_similarity", "subspace_similarity_grid"),
          {"tests/test_analysis.py": ("subspace_similarity",)},
-         "overlap of the right singular subspaces of two adapters"),
+         "overlap of the right singular subspaces of two adapters", ("my_phi",), "30-45"),
 ]
+
+# Optimised copies of graded functions (minilora.fast, the forms the training loop uses) are answers
+# too. In a workspace each of these becomes a call of its textbook form, forwards with their
+# backwards (a pair's caches must match), so a student's own code runs everywhere, the fast
+# training path included, and no optimised answer is handed out: {file: {function: textbook module}}.
+TEXTBOOK_IN_WORKSPACE = {
+    "minilora/fast/kernels.py": {"layernorm_forward": "minilora.nn.layers", "layernorm_backward": "minilora.nn.layers"},
+    "minilora/fast/attention.py": {"attention_forward": "minilora.nn.attention",
+                                   "attention_backward": "minilora.nn.attention"},
+}
 
 
 def get_step(number: int) -> Step:
@@ -156,209 +192,57 @@ def step_tests(step: Step, root=SOURCE_DIR) -> list[str]:
     return found
 
 
-# --------------------------------------------------------------------------- solution regions
-class SolutionMarkerError(ValueError):
-    """Unbalanced solution markers, or a region without a step; the message names file and line."""
-
-
-@dataclass(frozen=True)
-class Region:
-    begin: int              # 1-based line of the BEGIN marker
-    end: int                # 1-based line of the END marker
-    indent: str             # the BEGIN marker's indentation, which the stub takes
-    function: str | None    # the innermost enclosing ``def``; None at module level
-
-
-_DEF = re.compile(r"\s*(?:async\s+)?def\s+(\w+)")
-
-
-def _enclosing_function(lines: list[str], i: int, indent: str) -> str | None:
-    """Walk up from line i: the first ``def`` indented less than every block passed on the way."""
-    width = len(indent)
-    for line in reversed(lines[:i]):
-        stripped = line.lstrip()
-        w = len(line) - len(stripped)
-        if not stripped or stripped.startswith("#") or w >= width:
-            continue
-        m = _DEF.match(line)
-        if m:
-            return m.group(1)
-        width = w                     # left an if/for/class block: its def must be further out
-    return None
-
-
-def find_regions(text: str, filename: str = "<string>") -> list[Region]:
-    """The marked regions of ``text``; a marker line holds only the marker (and spaces)."""
-    lines = text.splitlines()
-    regions, opened = [], None
-    for i, line in enumerate(lines):
-        if line.strip() == BEGIN:
-            if opened is not None:
-                raise SolutionMarkerError(f"{filename}:{i + 1}: {BEGIN!r} inside the region "
-                                          f"opened at line {opened + 1}")
-            opened = i
-        elif line.strip() == END:
-            if opened is None:
-                raise SolutionMarkerError(f"{filename}:{i + 1}: {END!r} without a {BEGIN!r} before it")
-            indent = lines[opened][:len(lines[opened]) - len(lines[opened].lstrip())]
-            regions.append(Region(opened + 1, i + 1, indent, _enclosing_function(lines, opened, indent)))
-            opened = None
-    if opened is not None:
-        raise SolutionMarkerError(f"{filename}:{opened + 1}: {BEGIN!r} has no matching {END!r}")
-    return regions
-
-
-def replace_regions(text: str, stub, *, filename: str = "<string>") -> str:
-    """Replace each marked region, markers included, by one stub line at the BEGIN indentation.
-
-    ``stub`` is the statement ("raise NotImplementedError(...)") or a function Region -> statement.
-    Lines outside the regions stay as they are, line endings included.
-    """
-    lines = text.splitlines(keepends=True)
-    out, pos = [], 0
-    for r in find_regions(text, filename):
-        out += lines[pos:r.begin - 1]
-        begin = lines[r.begin - 1]
-        eol = begin[len(begin.rstrip("\r\n")):]
-        out.append(r.indent + (stub(r) if callable(stub) else stub) + eol)
-        pos = r.end
-    return "".join(out + lines[pos:])
-
-
-def _step_of(region: Region, module: str | None, filename: str) -> Step:
-    """The row of a region: by module and function, or by function alone (notebooks)."""
+def step_of(function: str | None, module: str | None, where: str, line: int) -> Step:
+    """The row of a solution region: by module and function, or by notebook function (module None)."""
     for step in STEPS:
-        if region.function in step.functions and module in (None, step.module):
+        names = step.functions if module is not None else step.notebook
+        if function in names and module in (None, step.module):
             return step
-    where = f"{region.function}()" if region.function else "module-level code"
-    raise SolutionMarkerError(f"{filename}:{region.begin}: the solution region in {where} "
-                              f"has no row in minilora.classroom.exercises.STEPS")
+    what = f"{function}()" if function else "module-level code"
+    raise SolutionMarkerError(f"{where}:{line}: the solution region in {what} has no row in "
+                              f"minilora.classroom.exercises.STEPS")
 
 
-def _stub_module(text: str, module: str) -> str:
-    return replace_regions(text, lambda r: _step_of(r, module, module).stub, filename=module)
+# --------------------------------------------------------------------------- the guide for a stub
+def _function_and_regions(text: str, function: str):
+    fn = next(n for n in ast.walk(ast.parse(text)) if isinstance(n, ast.FunctionDef) and n.name == function)
+    return fn, [r for r in find_regions(text) if fn.lineno <= r.begin <= fn.end_lineno]
 
 
-def _stub_notebook(text: str, name: str) -> str:
-    """Stub the code cells of a notebook and drop all outputs (they could show the answers)."""
-    nb = json.loads(text)
-    for k, cell in enumerate(nb.get("cells", [])):
-        if cell.get("cell_type") != "code":
-            continue
-        src = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
-        where = f"{name} cell {k}"
-        new = replace_regions(src, lambda r: _step_of(r, None, where).stub, filename=where)
-        cell["source"] = new if isinstance(cell["source"], str) else new.splitlines(keepends=True)
-        cell["outputs"], cell["execution_count"] = [], None
-    return json.dumps(nb, indent=1, ensure_ascii=False) + "\n"
+def names_left_for_later(text: str, function: str) -> tuple[str, ...]:
+    """The names a function's solution regions must define for the lines after them.
 
-
-# --------------------------------------------------------------------------- student workspace
-def _read(path: Path) -> str:
-    with open(path, encoding="utf-8", newline="") as f:        # keep \r\n where a file has it
-        return f.read()
-
-
-def _write(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-
-
-def make_student_workspace(out_dir, *, force: bool = False, source_dir=None) -> Path:
-    """Write the student version of the project to ``out_dir`` and return its path.
-
-    Copies minilora/ (binary checkpoints included), tests/ (less TEACHER_ONLY), pyproject.toml,
-    README.md and exercises/*.ipynb, replaces every solution region by its step's stub and adds
-    EXERCISES.md. A non-empty ``out_dir`` is refused unless ``force``; then only the paths written
-    here are replaced, anything else there (a .venv) is kept.
+    A name counts when a region assigns it and a line after that region (in the same function)
+    reads it: for ``return dx, dW, db`` after the region that is ("dx", "dW", "db").
     """
-    src, out = Path(source_dir or SOURCE_DIR), Path(out_dir)
-    if not (src / "minilora").is_dir() or not (src / "tests").is_dir():
-        raise FileNotFoundError(f"{src} is not a minilora source checkout (needs minilora/ and tests/)")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise FileExistsError(f"{out} is not empty; choose another folder or pass force=True")
-    # Stub everything first: a bad marker raises before anything is written.
-    stubbed = {}
-    for path in sorted((src / "minilora").rglob("*.py")):
-        rel = path.relative_to(src).as_posix()
-        text = _read(path)
-        if any(line.strip() in (BEGIN, END) for line in text.splitlines()):
-            stubbed[rel] = _stub_module(text, rel)
-    for path in sorted(src.glob("exercises/*.ipynb")):
-        rel = path.relative_to(src).as_posix()
-        stubbed[rel] = _stub_notebook(_read(path), rel)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("minilora", "tests", "exercises", "pyproject.toml", "README.md", "EXERCISES.md"):
-        if (out / name).is_dir():
-            shutil.rmtree(out / name)
-        elif (out / name).exists():
-            (out / name).unlink()
-    ignore = shutil.ignore_patterns(*_JUNK)
-    shutil.copytree(src / "minilora", out / "minilora", ignore=ignore)
-    shutil.copytree(src / "tests", out / "tests", ignore=ignore)
-    for rel in TEACHER_ONLY:
-        (out / rel).unlink(missing_ok=True)
-    for name in ("pyproject.toml", "README.md"):
-        if (src / name).is_file():
-            shutil.copy2(src / name, out / name)
-    for rel, text in stubbed.items():
-        (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        _write(out / rel, text)
-    _write(out / "EXERCISES.md", exercises_readme(out))
-    return out
+    fn, regions = _function_and_regions(text, function)
+    names = []
+    for r in regions:
+        stored = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)
+                  and r.begin < n.lineno < r.end}
+        read = sorted((n.lineno, n.col_offset, n.id) for n in ast.walk(fn)
+                      if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.lineno > r.end)
+        for *_, name in read:                      # in the order the later lines read them
+            if name in stored and name not in names:
+                names.append(name)
+    return tuple(names)
 
 
-def exercises_readme(root) -> str:
-    """The EXERCISES.md of a workspace: what to write, how to install, how to test one step."""
-    rows = "\n".join(f"| {s.number} | `{'`, `'.join(s.functions)}` in `{s.module}` | {s.concept} "
-                     f"| `pytest -m {s.marker}` |" for s in STEPS if s.missing(root) is None)
-    return f"""# minilora exercises
-
-Each step below is one function of the package whose body has been replaced by
-`raise NotImplementedError("Step N: ...")`. Replace that line with your code; keep the signature
-and the docstring, which give every shape. The spec tests in `tests/` grade each step.
-
-## Install
-
-    python -m venv .venv && . .venv/bin/activate
-    pip install -e . pytest
-
-## Work on one step
-
-    pytest -m step01 -x          # the tests of step 1, stop at the first failure
-    python -m minilora.classroom grade --steps 1    # your score for step 1 (no --steps: all steps)
-
-Do the steps in order: a later step may call an earlier one. `minilora.nn.gradcheck.check_layer`
-checks any backward pass of yours against central differences.
-
-## Steps
-
-| step | write | concept | run |
-|------|-------|---------|-----|
-{rows}
-"""
+def stub_guide(text: str, function: str) -> str:
+    """A few words for the student beside the stub: what the code must leave for the lines after it."""
+    try:
+        fn, regions = _function_and_regions(text, function)
+    except (SyntaxError, StopIteration):         # a notebook cell with IPython syntax: no guide
+        return ""
+    names = names_left_for_later(text, function)
+    if names:
+        return f"define {', '.join(names)}: the lines below use them"
+    returns = any(isinstance(n, ast.Return) and n.value is not None and r.begin < n.lineno < r.end
+                  for n in ast.walk(fn) for r in regions)
+    return "return the result, as the docstring says" if returns else "update the arguments in place"
 
 
-def restore_solution(workspace_dir, number: int, *, source_dir=None) -> Path:
-    """Put step ``number``'s reference solution back into a workspace (unblocks a student).
-
-    Each stub of the step is replaced, in order, by the reference region, markers included, so
-    that stubbing and restoring every step gives back the reference file. Returns the file.
-    """
-    step = get_step(number)
-    ref_path, path = Path(source_dir or SOURCE_DIR) / step.module, Path(workspace_dir) / step.module
-    ref_lines = _read(ref_path).splitlines(keepends=True)
-    regions = [r for r in find_regions(_read(ref_path), step.module) if r.function in step.functions]
-    lines = _read(path).splitlines(keepends=True)
-    stubs = [i for i, line in enumerate(lines) if line.strip() == step.stub]
-    if len(stubs) != len(regions) or not stubs:
-        raise ValueError(f"{path}: expected {len(regions)} stub(s) of step {number}, found {len(stubs)}")
-    for i, r in reversed(list(zip(stubs, regions))):
-        lines[i:i + 1] = ref_lines[r.begin - 1:r.end]
-    _write(path, "".join(lines))
-    return path
-
-
+# --------------------------------------------------------------------------- the table's checks
 def check_table(root=SOURCE_DIR) -> list[str]:
     """Problems between STEPS and the project at ``root``; empty when table and code agree."""
     problems = []
@@ -369,9 +253,9 @@ def check_table(root=SOURCE_DIR) -> list[str]:
     root = Path(root)
     for path in sorted((root / "minilora").rglob("*.py")):
         rel = path.relative_to(root).as_posix()
-        for r in find_regions(_read(path), rel):
+        for r in find_regions(path.read_text(encoding="utf-8"), rel):
             try:
-                marked.add((_step_of(r, rel, rel).number, r.function))
+                marked.add((step_of(r.function, rel, rel, r.begin).number, r.function))
             except SolutionMarkerError as e:
                 problems.append(str(e))
     for s in STEPS:
@@ -386,9 +270,10 @@ def check_table(root=SOURCE_DIR) -> list[str]:
 
 
 def steps_table(root=SOURCE_DIR) -> str:
-    lines = [f"{'step':>4}  {'name':<24} {'tests':>5}  module / note"]
+    lines = [f"{'step':>4}  {'name':<20} {'tests':>5}  {'minutes':>7}  module / note"]
     for s in STEPS:
         why = s.missing(root)
         note = f"not available: {why}" if why else s.module
-        lines.append(f"{s.number:>4}  {s.name:<24} {'-' if why else len(step_tests(s, root)):>5}  {note}")
+        count = "-" if why else len(step_tests(s, root))
+        lines.append(f"{s.number:>4}  {s.name:<20} {count:>5}  {s.minutes:>7}  {note}")
     return "\n".join(lines)

@@ -8,7 +8,8 @@ of the project, ``pytest -m stepNN`` with the workspace's minilora first on the 
     score_table, class_table     the scores as text; write_csv saves them, one row per student
 
 ``tests_from`` grades with the tests and step table of a trusted checkout instead of the
-submitted ones. Command line: ``minilora exercises {list,make,grade,grade-all} ...``, also
+submitted ones, hidden tests included. Command line: ``minilora exercises
+{list,make,hints,grade,grade-all} ...``, also
 ``python -m minilora.classroom ...`` (docs/teachers.md); both run ``exercises_main`` here.
 """
 from __future__ import annotations
@@ -25,8 +26,9 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from minilora.classroom.exercises import (_JUNK, STEPS, TEACHER_ONLY, SolutionMarkerError, Step, check_table,
-                                get_step, make_student_workspace, step_tests, steps_table)
+from minilora.classroom.exercises import STEPS, Step, check_table, get_step, step_tests, steps_table
+from minilora.classroom.regions import SolutionMarkerError
+from minilora.classroom.workspace import _JUNK, TEACHER_ONLY, make_student_workspace, write_hints
 
 
 # --------------------------------------------------------------------------- grading
@@ -125,14 +127,17 @@ def _grade_step(step: Step, ws: Path, timeout: float) -> StepResult:
 
 
 def _trusted_copy(ws: Path, tests_from: Path, dst: Path) -> Path:
-    """The workspace with tests/, pyproject.toml and the step table taken from ``tests_from``."""
+    """The workspace with tests/ (hidden ones included), pyproject.toml and the step table taken
+    from ``tests_from``."""
     shutil.copytree(ws, dst, ignore=shutil.ignore_patterns(*_JUNK, ".git", ".venv", "venv", "runs"))
     shutil.rmtree(dst / "tests", ignore_errors=True)
     shutil.copytree(tests_from / "tests", dst / "tests", ignore=shutil.ignore_patterns(*_JUNK))
     for rel in TEACHER_ONLY:
         (dst / rel).unlink(missing_ok=True)
-    for rel in ("pyproject.toml", "minilora/classroom/exercises.py"):
-        shutil.copy2(tests_from / rel, dst / rel)
+    shutil.copy2(tests_from / "pyproject.toml", dst / "pyproject.toml")
+    shutil.rmtree(dst / "minilora/classroom", ignore_errors=True)          # the step table and its tools
+    shutil.copytree(tests_from / "minilora/classroom", dst / "minilora/classroom",
+                    ignore=shutil.ignore_patterns(*_JUNK))
     return dst
 
 
@@ -232,7 +237,7 @@ def _step_list(text: str) -> list[int]:
 
 
 def exercises_main(argv=None) -> int:
-    """``minilora exercises {list,make,grade,grade-all}``; returns the exit status."""
+    """``minilora exercises {list,make,hints,grade,grade-all}``; returns the exit status."""
     p = argparse.ArgumentParser(prog="minilora exercises",
                                 description="Student workspaces from minilora's marked solutions, "
                                             "graded by its spec tests.")
@@ -241,6 +246,8 @@ def exercises_main(argv=None) -> int:
     make = sub.add_parser("make", help="write a student workspace")
     make.add_argument("--out", required=True, help="the folder to create")
     make.add_argument("--force", action="store_true", help="write into a non-empty folder")
+    hints = sub.add_parser("hints", help="write the per-step hint files (for the teacher to hand out, or not)")
+    hints.add_argument("--out", required=True, help="the folder to write stepNN_name.md files into")
     one = sub.add_parser("grade", help="grade one workspace (exit status 0 when every step passes)")
     one.add_argument("dir", nargs="?", default=".", help="the workspace (default: here)")
     many = sub.add_parser("grade-all", help="grade every student subfolder of PARENT")
@@ -258,7 +265,11 @@ def exercises_main(argv=None) -> int:
             return 1 if problems else 0
         if args.command == "make":
             out = make_student_workspace(args.out, force=args.force)
-            print(f"wrote {out}; students start with {out / 'EXERCISES.md'}\n\n{steps_table(out)}")
+            print(f"wrote {out}; students start with {out / 'README.md'}\n\n{steps_table(out)}")
+            return 0
+        if args.command == "hints":
+            for path in write_hints(args.out):
+                print(path)
             return 0
         if args.command == "grade":
             results = grade(args.dir, args.steps, tests_from=args.tests_from, timeout=args.timeout)

@@ -89,8 +89,10 @@ def subspace_similarity(A1, A2, i: int, j: int) -> float:
 def subspace_similarity_grid(A1, A2) -> np.ndarray:
     """phi (r1, r2): phi[i-1, j-1] = subspace_similarity(A1, A2, i, j) for every i, j (Figures 3, 4).
 
-    A1 (r1, d_in), A2 (r2, d_in). Eq. (4) for all (i, j) at once, one SVD per matrix: with
-    M = (U1^T U2)^2 elementwise (r1, r2), ||U1_i^T U2_j||_F^2 = sum of M[:i, :j], a 2-D prefix sum.
+    A1 (r1, d_in), A2 (r2, d_in). Eq. (4) for all (i, j) at once, with one SVD per matrix.
+    ### BEGIN HINT
+    With M = (U1^T U2)^2 elementwise (r1, r2), ||U1_i^T U2_j||_F^2 = sum of M[:i, :j], a 2-D prefix sum.
+    ### END HINT
     """
     A1, A2 = _check_pair(A1, A2)
     ### BEGIN SOLUTION

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import re
 
+from minilora.adapters.lora import lora_scale
+
 
 # --------------------------------------------------------------------------- rank and alpha
 def pattern_key(keys, name: str) -> str | None:
@@ -40,13 +42,13 @@ def resolve(names, r: int, lora_alpha: float, rank_pattern: dict, alpha_pattern:
             use_rslora: bool = False) -> dict[str, tuple[int, float, float]]:
     """Module name -> (r, lora_alpha, scale) exactly as PEFT resolves them.
 
-    scale = alpha / r (Hu et al. 2021, §4.1), or alpha / sqrt(r) with rsLoRA (Kalajdzievski 2023).
+    scale = ``minilora.adapters.lora.lora_scale(alpha, r, use_rslora)`` (Hu et al. 2021, §4.1, or rsLoRA's).
     """
     out = {}
     for name in names:
         rank = int(pattern_value(rank_pattern, name, r))
         alpha = float(pattern_value(alpha_pattern, name, lora_alpha))
-        out[name] = (rank, alpha, alpha / (rank ** 0.5 if use_rslora else rank))
+        out[name] = (rank, alpha, lora_scale(alpha, rank, use_rslora))
     return out
 
 

@@ -22,11 +22,11 @@ which PEFT does not read.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 from minilora import io
 from minilora.adapters.config import LoraConfig
+from minilora.adapters.lora import lora_scale
 from minilora.interop import patterns
 
 PREFIX = "base_model.model."
@@ -157,8 +157,8 @@ def check_ranks(tensors: dict, resolved: dict) -> None:
 
 
 def scale(r: int, lora_alpha: float, use_rslora: bool) -> float:
-    """s = alpha / r (Hu et al. 2021, §4.1), or alpha / sqrt(r) with rsLoRA."""
-    return lora_alpha / (math.sqrt(r) if use_rslora else r)
+    """The scale s of a LoRA layer, the paper's or rsLoRA's (``minilora.adapters.lora.lora_scale``)."""
+    return lora_scale(lora_alpha, r, use_rslora)
 
 
 # --------------------------------------------------------------------------- minilora's own facts

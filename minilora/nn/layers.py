@@ -159,7 +159,12 @@ def cross_entropy_forward(logits, targets, mask=None):
 
 
 def cross_entropy_backward(cache, dloss: float = 1.0):
-    """dlogits (..., V) = (softmax - onehot(target)) * mask / n_masked."""
+    """dlogits (..., V): the gradient of ``dloss`` times the loss with respect to the logits.
+
+    ### BEGIN HINT
+    dlogits = (softmax - onehot(target)) * mask / n_masked, times dloss.
+    ### END HINT
+    """
     logp, t, w, n, shape = cache
     ### BEGIN SOLUTION
     dlogits = xp.exp(logp)                                # softmax probabilities (N, V)

@@ -87,12 +87,15 @@ def adamw_update(p, g, m, v, t: int, lr: float, b1: float, b2: float, eps: float
     t:          this parameter's step number, counting from 1 (the bias corrections need t >= 1).
     lr, b1, b2, eps, wd: learning rate, moment decay rates, denominator guard, weight decay.
 
-    Loshchilov & Hutter 2019, Algorithm 2, in the order torch.optim.AdamW uses:
+    Loshchilov & Hutter 2019, Algorithm 2 (decoupled weight decay, applied before the Adam step),
+    with Kingma & Ba 2015's bias-corrected moments, in the order torch.optim.AdamW uses.
+    ### BEGIN HINT
         p  *= 1 - lr * wd                            # decoupled weight decay, before the Adam step
         m   = b1 m + (1 - b1) g                      # first moment (mean of g)
         v   = b2 v + (1 - b2) g^2                    # second moment (uncentred variance of g)
         m_hat = m / (1 - b1^t),  v_hat = v / (1 - b2^t)   # Kingma & Ba 2015, bias correction
         p  -= lr * m_hat / (sqrt(v_hat) + eps)
+    ### END HINT
     """
     ### BEGIN SOLUTION
     # Decoupled: the decay shrinks p directly, it is not added to g (that would be Adam + L2,
