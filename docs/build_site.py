@@ -5,8 +5,8 @@
 
 The notebooks on the site are the executed copies in build/notebooks/ that tests/test_notebooks.py
 writes, so the site shows the numbers and plots that the test run checked; a copy is stale when its
-cells' sources differ from tutorials/. The pages are assembled in build/site-src (docs/index.md,
-docs/teachers.md and the notebooks); the answer key and the hints in docs/course/ stay off the site.
+cells' sources differ from tutorials/. The pages are assembled in build/site-src (the pages of
+docs/ named in PAGES and the notebooks); the answer key and the hints in docs/course/ stay off the site.
 Material for MkDocs is maintained until 2027 (its notice is silenced here; NO_MKDOCS_2_WARNING).
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import nbformat
 
 REPO = Path(__file__).resolve().parent.parent
 EXECUTED, SRC = REPO / "build/notebooks", REPO / "build/site-src"
-PAGES = ("index.md", "teachers.md")
+PAGES = ("index.md", "lora_math.md", "adding_a_variant.md", "quantization.md", "interop.md", "teachers.md")
 
 
 def sources(nb) -> list[tuple[str, str]]:
