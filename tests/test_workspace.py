@@ -36,7 +36,7 @@ def fake_source(root: Path, region_function="linear_backward") -> Path:
         f"def {region_function}(dy, cache):", '    """dy -> dx.', "    <HB>", "    dx = dy W", "    <HE>",
         '    """', "    x, W = cache", "    <B>", "    dx = dy @ W", "    <E>", "    return dx"))
     (root / "minilora/checkpoints/base/model.safetensors").write_bytes(bytes(range(256)) * 3)
-    for name in ("test_layers.py", "test_exercises.py", "test_notebooks.py", "test_layers_hidden.py"):
+    for name in ("test_layers.py", "test_exercises.py", "test_notebooks.py", "test_course.py", "test_layers_hidden.py"):
         (root / "tests" / name).write_text("def test_a():\n    pass\n")
     (root / "pyproject.toml").write_text("[project]\nname = 'x'\n")
     (root / "docs/teachers.md").write_text("for teachers\n")

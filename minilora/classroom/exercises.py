@@ -270,10 +270,10 @@ def check_table(root=SOURCE_DIR) -> list[str]:
 
 
 def steps_table(root=SOURCE_DIR) -> str:
-    lines = [f"{'step':>4}  {'name':<20} {'tests':>5}  {'minutes':>7}  module / note"]
+    lines = [f"{'step':>4}  {'name':<24} {'tests':>5}  {'minutes':>7}  module / note"]
     for s in STEPS:
         why = s.missing(root)
         note = f"not available: {why}" if why else s.module
         count = "-" if why else len(step_tests(s, root))
-        lines.append(f"{s.number:>4}  {s.name:<20} {count:>5}  {s.minutes:>7}  {note}")
+        lines.append(f"{s.number:>4}  {s.name:<24} {count:>5}  {s.minutes:>7}  {note}")
     return "\n".join(lines)

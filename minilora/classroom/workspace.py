@@ -26,7 +26,7 @@ from minilora.classroom.student_readme import student_readme
 
 HANDED_OUT = ("minilora", "tests", "tutorials", "pyproject.toml", "README.md")
 TEACHER_ONLY = ("tests/test_exercises.py", "tests/test_regions.py", "tests/test_workspace.py",
-                "tests/test_grading.py", "tests/test_notebooks.py")  # check the course itself; never graded
+                "tests/test_grading.py", "tests/test_notebooks.py", "tests/test_course.py")  # the course's own checks
 HIDDEN_TESTS = "tests/test_*_hidden.py"                                 # graded with --tests-from only
 HINTS_DIR = "docs/course/hints"                                         # the hints' hand-written parts
 MARKDOWN_SOLUTION = ("<!-- BEGIN SOLUTION -->", "<!-- END SOLUTION -->")
