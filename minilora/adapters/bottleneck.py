@@ -38,13 +38,16 @@ parameter sits in an adapter and the count is exactly L * n_adapters * (2 C m + 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import ClassVar
 
 import numpy as np
 
 from minilora.adapters.adapted import AdaptedModel, AdapterParts
+from minilora import checks
 from minilora.adapters.files import register_config
+
+ENVELOPE_V1 = ("format", "version", "peft_type", "adapter_name", "base_model_fingerprint", "base_model_config")
 from minilora.nn import backend
 from minilora.nn.layers import gelu_backward, gelu_forward, linear_backward, linear_forward
 from minilora.nn.linears import LinearKind, LinearSpec, register
@@ -137,10 +140,9 @@ class AdapterConfig:
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown adapter variant {self.variant!r}; choose one of {sorted(VARIANTS)} "
                              f"('houlsby' = AdapterH, two per block; 'lin' = AdapterL, one per block)")
-        if int(self.bottleneck) != self.bottleneck or self.bottleneck < 1:
-            raise ValueError(f"bottleneck size m must be a positive integer, got {self.bottleneck}")
-        if not self.init_std > 0:
-            raise ValueError(f"init_std must be positive, got {self.init_std}")
+        self.bottleneck = checks.integer("bottleneck size m", self.bottleneck, minimum=1)
+        self.init_std = checks.number("AdapterConfig.init_std", self.init_std, above=0)
+        self.seed = checks.integer("AdapterConfig.seed", self.seed, minimum=0)
         self.modules_to_save = tuple([self.modules_to_save] if isinstance(self.modules_to_save, str)
                                      else self.modules_to_save)
 
@@ -149,8 +151,8 @@ class AdapterConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "AdapterConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        """From ``to_dict``'s dict or a whole adapter_config.json: every field required, none unknown."""
+        return checks.from_fields(cls, d, "AdapterConfig.from_dict", envelope=ENVELOPE_V1)
 
     def build(self, model: GPT, base_linears: dict) -> AdapterParts:
         """An adapter (W_up = 0: the identity at init) after every module of the variant."""

@@ -6,12 +6,15 @@ adapter's tensors and layer specs for ``minilora.adapters.adapted.AdaptedModel``
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
+from minilora import checks
 from minilora.adapters.adapted import AdapterParts
 from minilora.adapters.files import register_config
 from minilora.adapters.lora import INITS, init_lora_pair, lora_scale
+
+ENVELOPE_V1 = ("format", "version", "peft_type", "adapter_name", "base_model_fingerprint", "base_model_config")
 from minilora.nn import backend
 from minilora.nn.linears import LinearSpec
 from minilora.nn.model import GPT, SHORT_NAMES
@@ -38,27 +41,19 @@ class LoraConfig:
     seed: int = 0                                # initialisation of A (and dropout masks)
 
     def __post_init__(self):
-        self.target_modules = tuple([self.target_modules] if isinstance(self.target_modules, str)
-                                    else self.target_modules)
-        self.modules_to_save = tuple(self.modules_to_save)
-        if self.layers_to_transform is not None:
-            self.layers_to_transform = tuple(int(i) for i in self.layers_to_transform)
+        _check_fields(self)                          # every value checked before it is used (see below)
         if self.init_lora_weights not in INITS:
             raise ValueError(f"unknown init_lora_weights {self.init_lora_weights!r}; choose one of {INITS}")
         if self.bias not in ("none", "all", "lora_only"):
             raise ValueError(f"bias must be 'none', 'all' or 'lora_only', got {self.bias!r}")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        if int(self.r) < 1:
-            raise ValueError(f"rank r must be a positive integer, got {self.r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "LoraConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        """From ``to_dict``'s dict or a whole adapter_config.json: every field required, none unknown."""
+        return checks.from_fields(cls, d, "LoraConfig.from_dict", envelope=ENVELOPE_V1)
 
     def build(self, model: GPT, base_linears: dict) -> AdapterParts:
         """A (r, d_in) random and B (d_out, r) = 0 for every target (§4.1), and "lora" specs for them.
@@ -82,6 +77,42 @@ class LoraConfig:
         elif self.bias == "lora_only":
             saved = [f"{n}.bias" for n in specs]
         return AdapterParts(tensors, specs, saved)
+
+
+def _names(field: str, value) -> tuple:
+    """A module-name list as a tuple; one string is one name (PEFT: target_modules="wq")."""
+    value = (value,) if isinstance(value, str) else value
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"LoraConfig.{field} must be a module name or a list of names, got {value!r}")
+    return tuple(value)
+
+
+def _check_fields(c: LoraConfig) -> None:
+    """Refuse values that would train something else than asked: r = 2.5 truncated, alpha = 0 (the
+    update s B A would vanish), NaN, a string where a number belongs. Normalises the name lists."""
+    c.r = checks.integer("LoraConfig.r", c.r, minimum=1)
+    c.lora_alpha = checks.number("LoraConfig.lora_alpha", c.lora_alpha, above=0)
+    c.lora_dropout = checks.number("LoraConfig.lora_dropout", c.lora_dropout, minimum=0, below=1)
+    if c.init_std is not None:
+        c.init_std = checks.number("LoraConfig.init_std", c.init_std, above=0)
+    c.seed = checks.integer("LoraConfig.seed", c.seed, minimum=0)
+    if not isinstance(c.use_rslora, bool):
+        raise ValueError(f"LoraConfig.use_rslora must be True or False, got {c.use_rslora!r}")
+    c.target_modules, c.modules_to_save = _names("target_modules", c.target_modules), \
+        _names("modules_to_save", c.modules_to_save)
+    layers = c.layers_to_transform
+    if layers is not None:                           # PEFT: an int means that one block
+        layers = [layers] if not isinstance(layers, (list, tuple)) else layers
+        if not layers:
+            raise ValueError("LoraConfig.layers_to_transform=[] adapts nothing; give block indices, or None "
+                             "for every block")
+        c.layers_to_transform = tuple(checks.integer("LoraConfig.layers_to_transform", i, minimum=0) for i in layers)
+    for field, check in (("rank_pattern", lambda k, v: checks.integer(f"rank_pattern[{k!r}]", v, minimum=1)),
+                         ("alpha_pattern", lambda k, v: checks.number(f"alpha_pattern[{k!r}]", v, above=0))):
+        pattern = getattr(c, field)
+        if not isinstance(pattern, dict) or not all(isinstance(k, str) for k in pattern):
+            raise ValueError(f"LoraConfig.{field} must map module names to values, got {pattern!r}")
+        setattr(c, field, {k: check(k, v) for k, v in pattern.items()})
 
 
 def _pattern_value(name: str, pattern: dict, default):

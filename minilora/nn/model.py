@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from minilora import checks
 from minilora.nn import backend
 from minilora.nn.backend import xp
 from minilora.nn.kernels import TEXTBOOK
@@ -57,9 +58,9 @@ class GPTConfig:
     ln_eps: float = 1e-5      # LayerNorm epsilon, as GPT-2
 
     def __post_init__(self):
-        for field in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if int(getattr(self, field)) < 1:
-                raise ValueError(f"GPTConfig.{field} must be a positive integer, got {getattr(self, field)}")
+        for field in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):   # ints, not 2.5 or "128"
+            setattr(self, field, checks.integer(f"GPTConfig.{field}", getattr(self, field), minimum=1))
+        self.ln_eps = checks.number("GPTConfig.ln_eps", self.ln_eps, above=0)
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"GPTConfig: n_embd = {self.n_embd} is not divisible by n_head = {self.n_head}; "
@@ -94,7 +95,7 @@ def param_shapes(config: GPTConfig) -> dict[str, tuple]:
 def init_params(config: GPTConfig, *, seed: int = 0, dtype=None) -> dict:
     """GPT-2 initialisation: N(0, 0.02) weights, residual projections scaled by 1/sqrt(2 L),
     zero biases, unit LayerNorm gains. Drawn on the CPU so every backend starts equal."""
-    dtype = dtype or backend.default_dtype()
+    dtype = checks.float_dtype(dtype or backend.default_dtype())
     rng = backend.rng(seed)
     residual_std = 0.02 / np.sqrt(2 * config.n_layer)   # GPT-2: keeps the residual stream's variance flat in depth
     params = {}
@@ -118,6 +119,8 @@ class GPT:
     def __init__(self, config: GPTConfig, params: dict | None = None, *, seed: int = 0, dtype=None):
         self.config = config
         self.params = params if params is not None else init_params(config, seed=seed, dtype=dtype)
+        for name, value in self.params.items():
+            checks.float_dtype(value.dtype, f"parameter {name}'s dtype")
         self.trainable: set[str] = set(self.params)
         self.linears: dict[str, LinearSpec] = {name: plain(name) for name in config.linear_names()}
         self.linears["lm_head"] = plain("wte", bias=False)        # tied: logits = h @ wte.T
