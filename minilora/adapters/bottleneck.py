@@ -45,9 +45,7 @@ import numpy as np
 
 from minilora.adapters.adapted import AdaptedModel, AdapterParts
 from minilora import checks
-from minilora.adapters.files import register_config
-
-ENVELOPE_V1 = ("format", "version", "peft_type", "adapter_name", "base_model_fingerprint", "base_model_config")
+from minilora.adapters.files import ENVELOPE, register_config
 from minilora.nn import backend
 from minilora.nn.layers import gelu_backward, gelu_forward, linear_backward, linear_forward
 from minilora.nn.linears import LinearKind, LinearSpec, register
@@ -152,7 +150,7 @@ class AdapterConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "AdapterConfig":
         """From ``to_dict``'s dict or a whole adapter_config.json: every field required, none unknown."""
-        return checks.from_fields(cls, d, "AdapterConfig.from_dict", envelope=ENVELOPE_V1)
+        return checks.from_fields(cls, d, "AdapterConfig.from_dict", envelope=ENVELOPE)
 
     def build(self, model: GPT, base_linears: dict) -> AdapterParts:
         """An adapter (W_up = 0: the identity at init) after every module of the variant."""

@@ -11,10 +11,8 @@ from typing import ClassVar
 
 from minilora import checks
 from minilora.adapters.adapted import AdapterParts
-from minilora.adapters.files import register_config
+from minilora.adapters.files import ENVELOPE, register_config
 from minilora.adapters.lora import INITS, init_lora_pair, lora_scale
-
-ENVELOPE_V1 = ("format", "version", "peft_type", "adapter_name", "base_model_fingerprint", "base_model_config")
 from minilora.nn import backend
 from minilora.nn.linears import LinearSpec
 from minilora.nn.model import GPT, SHORT_NAMES
@@ -53,7 +51,7 @@ class LoraConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "LoraConfig":
         """From ``to_dict``'s dict or a whole adapter_config.json: every field required, none unknown."""
-        return checks.from_fields(cls, d, "LoraConfig.from_dict", envelope=ENVELOPE_V1)
+        return checks.from_fields(cls, d, "LoraConfig.from_dict", envelope=ENVELOPE)
 
     def build(self, model: GPT, base_linears: dict) -> AdapterParts:
         """A (r, d_in) random and B (d_out, r) = 0 for every target (§4.1), and "lora" specs for them.
