@@ -109,3 +109,40 @@ def test_frozen_parameters_are_not_changed_by_training():
     before = {k: model.params[k].copy() for k in ("wte.weight", "blocks.0.attn.wq.weight")}
     train(model, make_dataset("copy", 200, seed=0, block_size=24), None, quick(5))
     assert all(np.array_equal(model.params[k], v) for k, v in before.items())
+
+
+# --------------------------------------------------------------------------- settings checked before training
+@pytest.mark.parametrize("field, value", [("steps", 0), ("steps", -1), ("steps", 2.5), ("lr", 0), ("lr", -1e-3),
+                                          ("lr", math.nan), ("lr", math.inf), ("eval_every", 0), ("batch_size", 0),
+                                          ("workers", 0), ("save_every", 0), ("seed", -1), ("weight_decay", -0.1),
+                                          ("grad_clip", math.nan), ("steps", "10")])
+def test_a_setting_that_would_train_nothing_or_something_else_is_refused(field, value):
+    """steps 0 or -1 would save an untrained model, lr 0 would train nothing, NaN poisons it: ValueError naming it."""
+    with pytest.raises(ValueError, match=f"TrainConfig.{field}"):
+        TrainConfig(**{field: value})
+
+
+def test_training_a_model_with_nothing_trainable_is_an_error():
+    """Everything frozen, or the only adapter disabled or deleted: training would change nothing, so it is refused."""
+    from minilora.adapters.config import LoraConfig
+    from minilora.adapters.lora_model import LoraModel
+
+    data = make_dataset("copy", 40, seed=0, block_size=24)
+    frozen = GPT(TINY, seed=0)
+    frozen.freeze()
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        train(frozen, data, None, quick(2))
+    lm = LoraModel(GPT(TINY, seed=0), LoraConfig(r=2))
+    with lm.disable_adapter(), pytest.raises(ValueError, match="no trainable parameter"):
+        train(lm, data, None, quick(2))
+    lm.delete_adapter("default")
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        train(lm, data, None, quick(2))
+
+
+def test_evaluating_no_examples_is_a_clear_error():
+    """An empty test set is a ValueError, not a ZeroDivisionError."""
+    data = make_dataset("copy", 4, seed=0, block_size=24)
+    empty = type(data)(data.x[:0], data.y[:0], data.mask[:0], data.task, [], [])
+    with pytest.raises(ValueError, match="no examples"):
+        evaluate(GPT(TINY, seed=0), empty)

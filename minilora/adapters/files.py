@@ -35,16 +35,21 @@ ENVELOPE = ("format", "version", "peft_type", "adapter_name", "base_model_finger
 
 def save_adapter(host, directory, name: str) -> Path:
     """Write adapter ``name`` of ``host`` (an AdaptedModel) into ``directory``, as one save."""
+    with io.atomic_folder(directory, FILES) as tmp:
+        write_adapter(host, tmp, name)
+    return Path(directory)
+
+
+def write_adapter(host, folder, name: str) -> None:
+    """The two files of an adapter save, written into ``folder`` (a fresh folder of an atomic save)."""
     tensors = host.adapter_state(name)
     config = host.adapters[name]
     described = json.loads(json.dumps({
         "format": FORMAT, "version": VERSION, "peft_type": config.peft_type, "adapter_name": name,
         **config.to_dict(), "base_model_fingerprint": host.base_fingerprint,
         "base_model_config": asdict(host.model.config)}))
-    with io.atomic_folder(directory, FILES) as tmp:
-        io.save_tensors(tmp / "adapter_model.safetensors", tensors)
-        io.write_json(tmp / "adapter_config.json", {**described, "fingerprint": io.fingerprint(tensors, described)})
-    return Path(directory)
+    io.save_tensors(Path(folder) / "adapter_model.safetensors", tensors)
+    io.write_json(Path(folder) / "adapter_config.json", {**described, "fingerprint": io.fingerprint(tensors, described)})
 
 
 def read_adapter(directory, *, verify: bool = True) -> tuple[dict, object, dict]:

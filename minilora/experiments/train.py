@@ -12,16 +12,15 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from tqdm import tqdm  # plain tqdm, not tqdm.auto: no widget JSON in notebooks
 
-from minilora import fast, io
+from minilora import checks, fast, io
 from minilora.data.datasets import TextData, iterate_batches
+from minilora.experiments import resume
 from minilora.fast import memory, parallel
 from minilora.nn import backend
-from minilora.nn.checkpoint import save_model
 from minilora.nn.loss import forward_loss
 from minilora.nn.loss import loss_and_grads as plain_loss_and_grads
 from minilora.nn.model import GPT
@@ -41,11 +40,15 @@ class TrainConfig:
     min_lr_ratio: float = 0.1    # linear decay ends at min_lr_ratio * lr
     weight_decay: float = 0.01   # decoupled, on matrices only (AdamW)
     grad_clip: float = 1.0       # global-norm clipping; 0 turns it off
-    eval_every: int = 250        # steps between evaluations (and checkpoints)
+    eval_every: int = 250        # steps between evaluations (and checkpoints, unless save_every says otherwise)
     seed: int = 0                # batch order
     progress: bool = True        # show a tqdm progress bar
     fast: bool = True            # the optimised kernels, worker threads and memory reuse of minilora.fast
     workers: int | None = None   # with fast: threads sharing each batch; None: one per core (fast.parallel)
+    save_every: int | None = None  # steps between resumable checkpoints (with checkpoint_dir); None: eval_every
+
+    def __post_init__(self):
+        _check_train_config(self)
 
 
 @dataclass
@@ -63,6 +66,21 @@ class History:
     @property
     def final(self) -> dict:
         return self.evals[-1] if self.evals else {}
+
+
+def _check_train_config(c: TrainConfig) -> None:
+    """Refuse a setting that would train nothing or something else: steps = 0 or -1, lr = 0 or NaN, ..."""
+    for name in ("steps", "batch_size", "eval_every"):
+        setattr(c, name, checks.integer(f"TrainConfig.{name}", getattr(c, name), minimum=1))
+    c.warmup_steps = checks.integer("TrainConfig.warmup_steps", c.warmup_steps, minimum=0)
+    c.seed = checks.integer("TrainConfig.seed", c.seed, minimum=0)
+    c.lr = checks.number("TrainConfig.lr", c.lr, above=0)
+    c.min_lr_ratio = checks.number("TrainConfig.min_lr_ratio", c.min_lr_ratio, minimum=0)
+    c.weight_decay = checks.number("TrainConfig.weight_decay", c.weight_decay, minimum=0)
+    c.grad_clip = checks.number("TrainConfig.grad_clip", c.grad_clip, minimum=0)
+    for name in ("workers", "save_every"):
+        if getattr(c, name) is not None:
+            setattr(c, name, checks.integer(f"TrainConfig.{name}", getattr(c, name), minimum=1))
 
 
 # --------------------------------------------------------------------------- one step
@@ -94,6 +112,8 @@ def evaluate(model: GPT, data, *, batch_size: int = 512, fast: bool = True) -> d
     """
     fields = ("x", "last", "labels") if hasattr(data, "labels") else ("x", "y", "mask")
     total_loss, correct, n = 0.0, 0, len(data)
+    if n == 0:
+        raise ValueError("evaluate() got no examples; evaluate on at least one (n_test >= 1)")
     with _speed_ups(model, fast):
         for start in range(0, n, batch_size):
             batch = to_backend({f: getattr(data, f)[start:start + batch_size] for f in fields})
@@ -132,22 +152,39 @@ def _batches(data, batch_size, seed):
 
 
 def train(model: GPT, train_data, eval_data=None, config: TrainConfig | None = None, *,
-          optimizer=None, checkpoint_dir=None, save: Callable | None = None,
+          optimizer=None, checkpoint_dir=None, resume_from=None, run_info: dict | None = None,
           desc: str = "train") -> History:
     """Train ``model.trainable`` with AdamW (or ``optimizer``) on ``train_data``.
 
-    Every ``eval_every`` steps and at the end: evaluate on ``eval_data`` and, when a
-    ``checkpoint_dir`` is given, save (atomically) with ``save(model, dir)`` (default:
-    ``save_model``). A NaN or inf loss stops training before the bad update is applied and
-    raises NonFiniteLossError naming the last good checkpoint.
+    Every ``eval_every`` steps and at the end: evaluate on ``eval_data``. With a ``checkpoint_dir``,
+    every ``save_every`` steps (default ``eval_every``) and at the end: save a resumable checkpoint
+    there, as one save (``minilora.experiments.resume``), never from NaN or inf weights.
+    ``resume_from``: a checkpoint folder of this same run (same model, data and config): training
+    continues from its step and ends where the uninterrupted run ends. ``run_info``: JSON facts
+    stored in the checkpoint (the command line keeps its options there). A NaN or inf loss stops
+    training before the bad update is applied and raises NonFiniteLossError naming the last good checkpoint.
     """
     cfg = config or TrainConfig()
+    if model.num_params(trainable_only=True) == 0:
+        raise ValueError("the model has no trainable parameter (everything frozen, or its adapter disabled or "
+                         "deleted), so training would change nothing; unfreeze parameters or set an adapter")
     opt = optimizer or AdamW(lr=cfg.lr, weight_decay=cfg.weight_decay)
-    save = save or (lambda m, d: save_model(m, d))
     hist = History(trainable_params=model.num_params(trainable_only=True))
+    fingerprints = ({"frozen weights": resume.frozen_fingerprint(model), "training data": resume.data_fingerprint(train_data)}
+                    if checkpoint_dir is not None or resume_from is not None else {})
+    if checkpoint_dir is not None:     # refuse an unusable folder now, not after the first save_every steps
+        io.check_save_target(checkpoint_dir, resume.model_file_names(model) + resume.STATE_FILES)
+    start = 0
+    if resume_from is not None:
+        start, saved = resume.restore(resume_from, model=model, optimizer=opt, config=cfg, fingerprints=fingerprints)
+        for key, value in saved.items():
+            setattr(hist, key, value)
     batches = _batches(train_data, cfg.batch_size, cfg.seed)
+    for _ in range(start):             # the data position: draw again, and drop, the batches already used
+        next(batches)
+    save_every = cfg.save_every or cfg.eval_every
     with _speed_ups(model, cfg.fast):
-        bar = tqdm(range(cfg.steps), desc=desc, disable=not cfg.progress, leave=False, mininterval=0.5)
+        bar = tqdm(range(start, cfg.steps), desc=desc, disable=not cfg.progress, leave=False, mininterval=0.5)
         step_time = 0.0
         for step in bar:
             opt.lr = linear_warmup_decay(step, total_steps=cfg.steps, warmup_steps=min(cfg.warmup_steps, cfg.steps),
@@ -157,7 +194,8 @@ def train(model: GPT, train_data, eval_data=None, config: TrainConfig | None = N
             loss, grads = (parallel.loss_and_grads(model, batch, workers=cfg.workers) if cfg.fast
                            else plain_loss_and_grads(model, batch))
             if not math.isfinite(loss):
-                _stop_non_finite(loss, step, opt.lr, hist)
+                _stop_non_finite(f"loss became {loss} at step {step}; training stopped before applying that update",
+                                 opt.lr, hist)
             if cfg.grad_clip:
                 clip_grad_norm(grads, cfg.grad_clip)
             opt.step(model.params, grads)
@@ -170,14 +208,28 @@ def train(model: GPT, train_data, eval_data=None, config: TrainConfig | None = N
             last = step == cfg.steps - 1
             if eval_data is not None and ((step + 1) % cfg.eval_every == 0 or last):
                 hist.evals.append({"step": step + 1, **_evaluate_any(model, eval_data)})
-            if checkpoint_dir is not None and ((step + 1) % cfg.eval_every == 0 or last):
-                save(model, Path(checkpoint_dir))
-                hist.last_good_checkpoint = f"{checkpoint_dir} (step {step + 1})"
+            if checkpoint_dir is not None and ((step + 1) % save_every == 0 or last):
+                _save_checkpoint(model, opt, step + 1, cfg, hist, fingerprints, Path(checkpoint_dir), run_info)
         bar.close()
-    hist.seconds = step_time
-    hist.ms_per_step = 1000 * step_time / max(cfg.steps, 1)
+    hist.seconds += step_time
+    hist.ms_per_step = 1000 * hist.seconds / max(cfg.steps, 1)
     hist.optimizer_bytes = opt.state_bytes()
     return hist
+
+
+def _save_checkpoint(model, opt, steps_done, cfg, hist, fingerprints, directory, run_info):
+    """One resumable checkpoint, as one save; refused when a weight is NaN or inf (the update just made)."""
+    bad = [k for k in sorted(model.trainable) if not bool(backend.xp.isfinite(model.params[k]).all())]
+    if bad:
+        _stop_non_finite(f"after step {steps_done - 1} the weights hold NaN or inf ({bad[0]}); they were not saved",
+                         opt.lr, hist)
+    state = {"steps": hist.steps, "losses": hist.losses, "evals": hist.evals, "seconds": hist.seconds,
+             "last_good_checkpoint": f"{directory} (step {steps_done})"}
+    with io.atomic_folder(directory, resume.model_file_names(model) + resume.STATE_FILES) as tmp:
+        resume.write_model_files(model, tmp)
+        resume.write_state(tmp, model=model, optimizer=opt, step=steps_done, config=cfg, history=state,
+                           fingerprints=fingerprints, run=run_info)
+    hist.last_good_checkpoint = state["last_good_checkpoint"]
 
 
 @contextlib.contextmanager
@@ -195,12 +247,11 @@ def _speed_ups(model, on: bool):
         yield
 
 
-def _stop_non_finite(loss, step, lr, hist):
+def _stop_non_finite(what, lr, hist):
     kept = (f"the last good checkpoint is {hist.last_good_checkpoint}" if hist.last_good_checkpoint
             else "no checkpoint was written (pass checkpoint_dir to keep one)")
     raise NonFiniteLossError(
-        f"loss became {loss} at step {step}; training stopped before applying that update, and {kept}. "
-        f"Lower the learning rate (it was {lr:.2e}) or keep gradient clipping on (grad_clip).")
+        f"{what}, and {kept}. Lower the learning rate (it was {lr:.2e}) or keep gradient clipping on (grad_clip).")
 
 
 # --------------------------------------------------------------------------- plots

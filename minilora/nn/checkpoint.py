@@ -40,12 +40,17 @@ def _described(config: dict, extra: dict) -> dict:
 
 def save_model(model: GPT, directory, *, extra: dict | None = None) -> Path:
     """Write model.safetensors + config.json into ``directory``, as one save (all or nothing)."""
+    with io.atomic_folder(directory, FILES) as tmp:
+        write_model(model, tmp, extra=extra)
+    return Path(directory)
+
+
+def write_model(model: GPT, folder, *, extra: dict | None = None) -> None:
+    """The two files of a model save, written into ``folder`` (a fresh folder of an atomic save)."""
     params = base_params(model)
     described = _described(asdict(model.config), extra or {})
-    with io.atomic_folder(directory, FILES) as tmp:
-        io.save_tensors(tmp / "model.safetensors", params)
-        io.write_json(tmp / "config.json", {**described, "fingerprint": io.fingerprint(params, described)})
-    return Path(directory)
+    io.save_tensors(Path(folder) / "model.safetensors", params)
+    io.write_json(Path(folder) / "config.json", {**described, "fingerprint": io.fingerprint(params, described)})
 
 
 def read_config(directory) -> tuple[GPTConfig, dict, str]:
