@@ -18,17 +18,45 @@ def _add_pretrain(sub):
     p = sub.add_parser("pretrain", help="train the base model from scratch and save it")
     p.add_argument("--out", default="runs/base", help="folder for model.safetensors + config.json")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the shipped recipe)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="weights, data and batch order")
+    _add_checkpoint_options(p)
     p.set_defaults(func=_pretrain)
 
 
+def _add_checkpoint_options(p):
+    p.add_argument("--save-every", type=int, default=None,
+                   help="save a resumable checkpoint every N steps (into --checkpoint-dir)")
+    p.add_argument("--checkpoint-dir", default=None, help="checkpoint folder (default: OUT-checkpoint)")
+    p.add_argument("--resume", default=None, metavar="DIR",
+                   help="continue the killed run whose checkpoint is DIR (its options come from DIR)")
+
+
+def _checkpoints(args, out_files) -> dict:
+    """Check --out before any work, and the checkpoint arguments of ``train`` for these options."""
+    from minilora import io
+
+    if args.out is not None:
+        io.check_save_target(args.out, out_files)
+    directory = args.resume or args.checkpoint_dir
+    if directory is None and args.save_every is not None:
+        if args.out is None:
+            raise ValueError("--save-every needs a place for the checkpoints: give --checkpoint-dir (or --out)")
+        directory = f"{str(args.out).rstrip('/')}-checkpoint"
+    run = {k: v for k, v in vars(args).items() if k not in ("func", "resume")}
+    return {"checkpoint_dir": directory, "resume_from": args.resume, "run_info": {"command": run}}
+
+
 def _pretrain(args):
+    import dataclasses
+
     from minilora.experiments.pretrain import PretrainConfig, pretrain
+    from minilora.nn import checkpoint
 
     cfg = PretrainConfig(seed=args.seed)
-    if args.steps:
-        cfg.train.steps = args.steps
-    model, history, accuracy = pretrain(cfg, out_dir=args.out)
+    given = {"steps": args.steps, "save_every": args.save_every}
+    train = dataclasses.replace(cfg.train, seed=args.seed, **{k: v for k, v in given.items() if v is not None})
+    cfg = dataclasses.replace(cfg, train=train)
+    model, history, accuracy = pretrain(cfg, out_dir=args.out, **_checkpoints(args, checkpoint.FILES))
     print(f"pretrained in {history.seconds:.0f} s ({history.ms_per_step:.1f} ms/step); saved to {args.out}")
     for task, acc in accuracy.items():
         print(f"  {task:<8} exact match {100 * acc:6.2f}%")
@@ -48,8 +76,9 @@ def _add_finetune(sub):
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: the library's recipe)")
     p.add_argument("--n-train", type=int, default=4000, help="generated training examples")
     p.add_argument("--n-test", type=int, default=500, help="held-out examples for the accuracy")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="data, new head, LoRA initialisation and batch order")
     p.add_argument("--out", default=None, help="save the adapter (LoRA) or model (full) here")
+    _add_checkpoint_options(p)
     p.set_defaults(func=_finetune)
 
 
@@ -57,28 +86,42 @@ def _finetune(args):
     """Defaults come from minilora.experiments.finetune (default_lora_config, default_train_config)."""
     import dataclasses
 
+    from minilora.adapters import files
     from minilora.data.tasks import get_task
     from minilora.experiments.finetune import default_lora_config, default_train_config, finetune
     from minilora.experiments.pretrain import load_base
-    from minilora.nn.checkpoint import save_model
+    from minilora.nn import checkpoint
 
-    base = load_base(args.base)[0]
     kind = "generation" if args.text else get_task(args.task).kind
-    given = {"r": args.r, "lora_alpha": args.alpha,
+    checkpoints = _checkpoints(args, files.FILES if args.method == "lora" else checkpoint.FILES)
+    base = load_base(args.base)[0]
+    if args.text:
+        _report_text(args.text, base.config.block_size)
+    given = {"r": args.r, "lora_alpha": args.alpha, "seed": args.seed,
              "target_modules": tuple(args.targets.split(",")) if args.targets is not None else None}
     lora = dataclasses.replace(default_lora_config(kind), **{k: v for k, v in given.items() if v is not None})
-    given = {"steps": args.steps, "lr": args.lr, "seed": args.seed}
+    given = {"steps": args.steps, "lr": args.lr, "seed": args.seed, "save_every": args.save_every}
     tc = dataclasses.replace(default_train_config(args.method), **{k: v for k, v in given.items() if v is not None})
     res = finetune(args.task, args.method, base=base, lora_config=lora, train_config=tc, seed=args.seed,
-                   text_file=args.text, n_train=args.n_train, n_test=args.n_test)
+                   text_file=args.text, n_train=args.n_train, n_test=args.n_test, **checkpoints)
     print(f"{res.method} on {res.task}: accuracy {100 * res.accuracy:.2f}%, loss {res.loss:.4f}, "
           f"{res.trainable_params:,} trainable params, {res.ms_per_step:.1f} ms/step")
     if args.out:
         if args.method == "lora":
             res.model.save_adapter(args.out)
         else:
-            save_model(res.model, args.out, extra={"task": res.task})
+            checkpoint.save_model(res.model, args.out, extra={"task": res.task})
         print(f"saved to {args.out}")
+
+
+def _report_text(path, block_size):
+    """Say how much of a text file the tokenizer replaces (and refuse a file that is mostly unknown)."""
+    from minilora.data.datasets import TextData
+
+    data = TextData.from_file(path, block_size=block_size)
+    if data.n_replaced:
+        print(f"{path}: {data.n_replaced} of {len(data)} characters are outside the vocabulary and became "
+              f"spaces: {''.join(data.replaced_chars[:20])!r}")
 
 
 def _add_merge(sub):
@@ -91,19 +134,20 @@ def _add_merge(sub):
 
 def _merge(args):
     from minilora import io
-    from minilora.adapters.lora_model import LoraModel
-    from minilora.nn.checkpoint import save_model
+    from minilora.adapters import files
+    from minilora.adapters.adapted import AdaptedModel
     from minilora.experiments.pretrain import load_base
+    from minilora.nn import checkpoint
 
+    io.check_save_target(args.out, checkpoint.FILES)
     base, tok = load_base(args.base)
-    meta = io.read_json(Path(args.adapter) / "adapter_config.json")
-    if "head" in meta.get("modules_to_save", []):
-        n_classes = io.load_tensors(Path(args.adapter) / "adapter_model.safetensors")[0]["head.bias"].shape[0]
-        base.add_classification_head(n_classes)
-    lm = LoraModel(base)
-    name = lm.load_adapter(args.adapter)
-    merged = lm.merge_and_unload()
-    save_model(merged, args.out, extra={"tokenizer": tok.to_dict(), "merged_adapter": name})
+    _, config, tensors = files.read_adapter(args.adapter, verify=False)   # load_adapter checks it all below
+    if "head" in config.modules_to_save:
+        base.add_classification_head(tensors["head.bias"].shape[0])
+    host = AdaptedModel(base)
+    name = host.load_adapter(args.adapter)
+    merged = host.merge_and_unload()        # refuses an adapter whose merged weights would hold NaN or inf
+    checkpoint.save_model(merged, args.out, extra={"tokenizer": tok.to_dict(), "merged_adapter": name})
     print(f"merged adapter {name!r} into the base; saved to {args.out}")
 
 
@@ -171,12 +215,42 @@ def main(argv=None) -> int:
         parser.print_help()
         return 0
     try:
+        if getattr(args, "resume", None):
+            args = _resumed(args, argv)
         args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as e:
-        # errors that minilora raises on purpose carry the problem and the fix; print them plainly
-        print(f"minilora {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, KeyError, RuntimeError, OSError) as e:
+        # mistakes in what the user gave (values, files, folders) are reported in one line, with the
+        # fix minilora's message names; anything else (TypeError, IndexError, ...) is a bug and keeps its traceback
+        print(f"minilora {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, KeyError) and e.args:
+        text = str(e.args[0])
+    elif isinstance(e, OSError) and e.strerror and e.filename:
+        text = f"{e.strerror}: {e.filename}"
+    else:
+        text = str(e)
+    return " ".join(text.split())
+
+
+def _resumed(args, argv):
+    """The options of the run saved in --resume DIR; giving other options as well is an error (they would be ignored)."""
+    import argparse as _argparse
+
+    from minilora.experiments.resume import read_run_info
+
+    others = sorted({a.split("=")[0] for a in argv[1:] if a.startswith("--")} - {"--resume"})
+    if others:
+        raise ValueError(f"with --resume the run's options come from its checkpoint; leave out {', '.join(others)}")
+    stored = read_run_info(args.resume).get("command", {})
+    if stored.get("command") != args.command:
+        raise ValueError(f"{args.resume} is a checkpoint of `minilora {stored.get('command')}`, not of "
+                         f"`minilora {args.command}`")
+    return _argparse.Namespace(**{**stored, "resume": args.resume, "checkpoint_dir": args.resume,
+                                  "func": args.func})
 
 
 if __name__ == "__main__":

@@ -276,6 +276,8 @@ def check_save_target(directory, names) -> Path:
     parent = final.parent
     while not parent.exists():
         parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(f"cannot save into {directory}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot save into {directory}: {parent} is not writable")
     return final

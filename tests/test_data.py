@@ -289,3 +289,11 @@ def test_text_split_keeps_file_order():
     train, val = data.split(0.9)
     assert np.array_equal(np.r_[train.ids, val.ids], data.ids), "expected train + val == the text"
     assert len(train) == int(0.9 * len(data)), f"expected {int(0.9 * len(data))}, got {len(train)}"
+
+
+def test_a_text_that_is_mostly_unknown_characters_is_refused(tmp_path):
+    """A file none of whose characters the tokenizer knows would train on spaces: refused, with the counts."""
+    path = tmp_path / "greek.txt"
+    path.write_text("αβγδε ζηθικ λμνξο " * 10, encoding="utf-8")
+    with pytest.raises(ValueError, match=r"150 of 180 characters are not in the tokenizer's vocabulary"):
+        TextData.from_file(path, block_size=8)

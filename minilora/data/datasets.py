@@ -200,7 +200,8 @@ def iterate_batches(data, batch_size: int, rng, *, epochs: int | None = None) ->
 class TextData:
     """A character-level corpus. ids: (M,) int64; windows of T = block_size are sampled from it.
 
-    n_replaced and replaced_chars count the characters outside the vocabulary that became " ".
+    n_replaced and replaced_chars count the characters outside the vocabulary that became " ";
+    a text that is mostly such characters is refused (it would train on spaces).
     """
 
     ids: np.ndarray
@@ -230,6 +231,11 @@ class TextData:
         # padding is not text: a "_" in the file is treated like any unknown character
         known = set(tok.chars) - {tok.pad_char}
         replaced = [c for c in text if c not in known]
+        if 2 * len(replaced) > len(text):
+            examples = "".join(sorted(set(replaced))[:10])
+            raise ValueError(f"{source}: {len(replaced)} of {len(text)} characters are not in the tokenizer's "
+                             f"vocabulary (e.g. {examples!r}); they would all become spaces and the model would "
+                             f"learn nothing from the text. Give text written in {tok.chars[1:]!r}")
         clean = "".join(c if c in known else " " for c in text)
         ids = np.array(tok.encode(clean), dtype=np.int64)
         return cls(ids, tok, block_size, len(replaced), sorted(set(replaced)), source)

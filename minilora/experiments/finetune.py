@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from minilora import io
+from minilora import checks, io
 from minilora.data.datasets import ClassificationData, TextData, make_splits
 from minilora.adapters.config import LoraConfig
 from minilora.adapters.lora_model import LoraModel
@@ -94,12 +94,14 @@ def saved_bytes(model) -> int:
 
 def finetune(task: str, method: str = "lora", *, base: GPT | None = None, lora_config: LoraConfig | None = None,
              train_config: TrainConfig | None = None, n_train: int = 4000, n_test: int = 500, seed: int = 0,
-             progress: bool | None = None, text_file=None) -> FinetuneResult:
+             progress: bool | None = None, text_file=None, **checkpoints) -> FinetuneResult:
     """Fine-tune ``base`` (default: the shipped base) on a shipped task or a text file.
 
     ``seed`` draws the data, the new head and the batch order; a ``train_config`` the caller gives
     keeps its own values (its seed and progress setting included), and is not modified.
+    ``checkpoints``: checkpoint_dir, resume_from, run_info, passed to ``train`` (resumable runs).
     """
+    n_train, n_test = checks.integer("n_train", n_train, minimum=1), checks.integer("n_test", n_test, minimum=1)
     base = base if base is not None else load_base()[0]
     cfg = train_config or dataclasses.replace(default_train_config(method), seed=seed)
     if progress is not None:
@@ -112,7 +114,7 @@ def finetune(task: str, method: str = "lora", *, base: GPT | None = None, lora_c
         train_data, test_data = make_splits(task, n_train, n_test, seed=seed, block_size=base.config.block_size)
         name = task
     model = prepare(base, method, train_data, lora_config, seed=seed)
-    history = train(model, train_data, test_data, cfg, desc=f"{method} {name}")
+    history = train(model, train_data, test_data, cfg, desc=f"{method} {name}", **checkpoints)
     final = evaluate_text(model, test_data) if text_file is not None else evaluate(model, test_data)
     return FinetuneResult(task=name, method=method, accuracy=final["accuracy"], loss=final["loss"],
                           trainable_params=history.trainable_params, optimizer_bytes=history.optimizer_bytes,

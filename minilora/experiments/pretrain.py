@@ -44,15 +44,18 @@ class PretrainConfig:
                                      eval_every=250)
 
 
-def pretrain(cfg: PretrainConfig | None = None, *, out_dir=None, progress: bool = True):
-    """Train a base model from scratch; returns (model, history, accuracy per task)."""
+def pretrain(cfg: PretrainConfig | None = None, *, out_dir=None, progress: bool = True, **checkpoints):
+    """Train a base model from scratch; returns (model, history, accuracy per task).
+
+    ``checkpoints``: checkpoint_dir, resume_from, run_info, passed to ``train`` (resumable runs).
+    """
     cfg = cfg or PretrainConfig()
     train_config = dataclasses.replace(cfg.train, progress=progress)      # the caller's config stays as it is
     tok = default_tokenizer()
     model = GPT(base_config(tok.vocab_size), seed=cfg.seed)
     data = make_mixture(cfg.tasks, cfg.n_train, seed=cfg.seed, block_size=BLOCK_SIZE)
     held_out = make_mixture(cfg.tasks, cfg.n_eval, seed=cfg.seed + 10_000, block_size=BLOCK_SIZE)
-    history = train(model, data, held_out, train_config, desc="pretrain")
+    history = train(model, data, held_out, train_config, desc="pretrain", **checkpoints)
     accuracy = task_accuracy(model, cfg.tasks, seed=cfg.seed + 20_000, n=cfg.n_eval)
     if out_dir is not None:
         save_model(model, out_dir, extra={"tokenizer": tok.to_dict(), "pretrain_tasks": list(cfg.tasks),

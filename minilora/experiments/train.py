@@ -185,7 +185,6 @@ def train(model: GPT, train_data, eval_data=None, config: TrainConfig | None = N
     save_every = cfg.save_every or cfg.eval_every
     with _speed_ups(model, cfg.fast):
         bar = tqdm(range(start, cfg.steps), desc=desc, disable=not cfg.progress, leave=False, mininterval=0.5)
-        step_time = 0.0
         for step in bar:
             opt.lr = linear_warmup_decay(step, total_steps=cfg.steps, warmup_steps=min(cfg.warmup_steps, cfg.steps),
                                          base_lr=cfg.lr, min_lr=cfg.lr * cfg.min_lr_ratio)
@@ -200,7 +199,7 @@ def train(model: GPT, train_data, eval_data=None, config: TrainConfig | None = N
                 clip_grad_norm(grads, cfg.grad_clip)
             opt.step(model.params, grads)
             backend.synchronize()
-            step_time += time.perf_counter() - t0
+            hist.seconds += time.perf_counter() - t0
             hist.steps.append(step)
             hist.losses.append(loss)
             if step % 20 == 0:
@@ -211,7 +210,6 @@ def train(model: GPT, train_data, eval_data=None, config: TrainConfig | None = N
             if checkpoint_dir is not None and ((step + 1) % save_every == 0 or last):
                 _save_checkpoint(model, opt, step + 1, cfg, hist, fingerprints, Path(checkpoint_dir), run_info)
         bar.close()
-    hist.seconds += step_time
     hist.ms_per_step = 1000 * hist.seconds / max(cfg.steps, 1)
     hist.optimizer_bytes = opt.state_bytes()
     return hist
