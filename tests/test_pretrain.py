@@ -20,6 +20,13 @@ def test_shipped_base_loads_frozen_with_its_tokenizer():
     assert tok.decode(tok.encode("rev:abc=cba.")) == "rev:abc=cba."
 
 
+@pytest.mark.parametrize("dtype", ["float16", "int32"])
+def test_the_base_loads_only_as_float32_or_float64(dtype):
+    """load_base(dtype=float16) would round the weights and int32 truncate them: both are refused up front."""
+    with pytest.raises(ValueError, match="float32 or float64"):
+        load_base(dtype=dtype)
+
+
 @pytest.mark.slow
 def test_shipped_base_solves_its_pretraining_tasks():
     """>= 99% exact match on fresh examples of copy, reverse and sort (seeds unseen in pretraining)."""
