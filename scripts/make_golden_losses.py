@@ -2,7 +2,7 @@
 tests/test_golden.py holds new runs to, with the measurements that justify them.
 
 The runs (tests/golden_runs.py): 20 steps of pretraining the base model and 20 steps of LoRA on shift,
-each in float32 (what users run) and float64. To rerun (about 4 minutes on 2 cores):
+in float32 (what users run), and LoRA in float64 too. To rerun (about 3 minutes on 2 cores):
 
     OPENBLAS_NUM_THREADS=1 .venv/bin/python scripts/make_golden_losses.py
 
@@ -32,6 +32,9 @@ LR = {"pretrain": 1e-3, "lora": 5e-3}
 # round a little differently from the kernel swaps measured here
 SAFETY = 4
 FLOOR = {"float32": 1e-5, "float64": 1e-10}
+# pretraining in float32 already catches a 0.1% change (its rounding drift is ~1e-7), so it runs in float32
+# only; LoRA in float32 is far noisier (docs/reliability.md says why), so it runs in float64 too
+DTYPES = {"pretrain": (np.float32,), "lora": (np.float32, np.float64)}
 
 
 def _max_relative(a, b) -> float:
@@ -68,7 +71,7 @@ def main():
               "versions": {"python": platform.python_version(), "numpy": np.__version__,
                            "safetensors": safetensors.__version__, "machine": platform.machine()},
               "runs": {f"{name} {np.dtype(dtype).name}": measure(name, dtype)
-                       for name in golden_runs.RUNS for dtype in (np.float32, np.float64)}}
+                       for name, dtypes in DTYPES.items() for dtype in dtypes}}
     path = ROOT / "tests" / "fixtures" / "golden_losses.json"
     path.write_text(json.dumps(golden, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     for key, run in golden["runs"].items():

@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "minilora"
 
-# What each folder may import from the package (besides itself, minilora.io and minilora's __init__).
+# What each folder may import from the package (besides itself, minilora.io, minilora.checks and minilora's __init__).
 ALLOWED = {
     "nn": set(),
     "data": set(),

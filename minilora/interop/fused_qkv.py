@@ -229,16 +229,16 @@ def _minilora_config(peft: dict, modules: dict) -> LoraConfig:
 # --------------------------------------------------------------------------- folders
 def write_hf_gpt2_adapter(directory, gpt: GPTConfig, config: LoraConfig, modules: dict, tensors: dict, *,
                           base_params: dict | None = None) -> Path:
-    """Write the adapter for ``PeftModel.from_pretrained(GPT2LMHeadModel...)``: tensors first, each file atomic."""
-    directory = Path(directory)
+    """Write the adapter for ``PeftModel.from_pretrained(GPT2LMHeadModel...)``, the folder as one save."""
     peft, out = adapter_to_hf_gpt2(gpt, config, modules, tensors, base_params=base_params)
-    io.save_tensors(directory / "adapter_model.safetensors", out, {"format": "pt"})
-    io.write_json(directory / "adapter_config.json", peft)
-    return directory
+    with io.atomic_folder(directory, ("adapter_config.json", "adapter_model.safetensors")) as tmp:  # one save
+        io.save_tensors(tmp / "adapter_model.safetensors", out, {"format": "pt"})
+        io.write_json(tmp / "adapter_config.json", peft)
+    return Path(directory)
 
 
 def read_hf_gpt2_adapter(directory, gpt: GPTConfig) -> tuple[LoraConfig, dict]:
     """(LoraConfig, tensors under minilora's names) from a PEFT adapter folder made on GPT2LMHeadModel."""
-    directory = Path(directory)
+    directory = io.saved_folder(directory)            # a save killed mid-swap is read from its previous copy
     tensors, _ = io.load_tensors(directory / "adapter_model.safetensors")
     return adapter_from_hf_gpt2(io.read_json(directory / "adapter_config.json"), tensors, gpt)

@@ -165,7 +165,7 @@ def read_hf_gpt2(directory, *, dtype=None) -> tuple[GPTConfig, dict]:
 
     params are moved to the active backend in ``dtype`` (default: the backend's default dtype).
     """
-    directory = Path(directory)
+    directory = io.saved_folder(directory)            # a save killed mid-swap is read from its previous copy
     config = config_from_hf(io.read_json(directory / "config.json"))
     weights = directory / "model.safetensors"
     if not weights.is_file():
@@ -181,12 +181,13 @@ def read_hf_gpt2(directory, *, dtype=None) -> tuple[GPTConfig, dict]:
 def write_hf_gpt2(config: GPTConfig, params: dict, directory, *, eos_token_id: int | None = None) -> Path:
     """Write ``directory``/model.safetensors and config.json for ``GPT2LMHeadModel.from_pretrained``.
 
-    Each file is written atomically (minilora.io), the weights first, so config.json never
-    describes weights that are not there. Tensors keep their dtype (float32 for a float32 model).
+    The folder is one save (minilora.io.atomic_folder): after a crash it holds the old or the new
+    model, never config.json of one and weights of the other. Tensors keep their dtype (float32 for a
+    float32 model).
     """
-    directory = Path(directory)
     tensors = params_to_hf(config, params)
     hf_config = config_to_hf(config, eos_token_id=eos_token_id, dtype=str(tensors[PREFIX + "wte.weight"].dtype))
-    io.save_tensors(directory / "model.safetensors", tensors, metadata={"format": "pt"})
-    io.write_json(directory / "config.json", hf_config)
-    return directory
+    with io.atomic_folder(directory, ("config.json", "model.safetensors")) as tmp:   # the two files are one save
+        io.save_tensors(tmp / "model.safetensors", tensors, metadata={"format": "pt"})
+        io.write_json(tmp / "config.json", hf_config)
+    return Path(directory)

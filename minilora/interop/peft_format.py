@@ -187,15 +187,15 @@ def write_peft_adapter(directory, config: LoraConfig, modules: dict, tensors: di
 
     modules: module -> (r, lora_alpha) as trained; tensors: minilora's names (LoraModel.adapter_state);
     facts: minilora's own facts to keep (base fingerprint, adapter name, ...); the config's init and
-    seed are added. The tensors go first, each file atomically, so the config never describes
-    tensors that are not there.
+    seed are added. The folder is one save (minilora.io.atomic_folder), so the config never describes
+    tensors of another save.
     """
-    directory = Path(directory)
     peft_config = config_to_peft(config, modules, task_type=task_type)
     own = {**(facts or {}), **{k: getattr(config, k) for k in MINILORA_ONLY}}
-    io.save_tensors(directory / "adapter_model.safetensors", state_to_peft(tensors), minilora_metadata(own))
-    io.write_json(directory / "adapter_config.json", peft_config)
-    return directory
+    with io.atomic_folder(directory, ("adapter_config.json", "adapter_model.safetensors")) as tmp:  # one save
+        io.save_tensors(tmp / "adapter_model.safetensors", state_to_peft(tensors), minilora_metadata(own))
+        io.write_json(tmp / "adapter_config.json", peft_config)
+    return Path(directory)
 
 
 def read_peft_adapter(directory) -> tuple[LoraConfig, dict, dict | None]:
@@ -204,7 +204,7 @@ def read_peft_adapter(directory) -> tuple[LoraConfig, dict, dict | None]:
     Reads folders written by PEFT and by ``write_peft_adapter``; for the latter the init and seed
     minilora used come back from the header.
     """
-    directory = Path(directory)
+    directory = io.saved_folder(directory)            # a save killed mid-swap is read from its previous copy
     weights = directory / "adapter_model.safetensors"
     if not weights.is_file() and (directory / "adapter_model.bin").is_file():
         raise FileNotFoundError(f"{directory} holds adapter_model.bin, a pickle file minilora never opens; "
