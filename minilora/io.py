@@ -7,19 +7,10 @@ else (adapter_config.json, training settings, metrics).
 One file: it goes to a temporary file in the target's folder, is flushed and fsync'ed, and is
 renamed over the target with ``os.replace``: a reader never sees half a file.
 
-A folder of several files (a model, an adapter, a training checkpoint) is one save; renaming its
-files one by one would not make it one (killed between config.json and the tensors, a folder
-mixes two saves). ``atomic_folder`` writes every file into a hidden sibling and swaps folders:
-    1. write and fsync every file in .NAME.minilora-partial-XXXX/      (NAME untouched)
-    2. rename NAME -> .NAME.minilora-old-TIME                           (the previous save, complete)
-    3. rename .NAME.minilora-partial-XXXX -> NAME                       (the new save, complete)
-    4. remove .NAME.minilora-old-TIME
-Each rename is atomic, but POSIX cannot rename a folder over a non-empty one, so a crash between
-2 and 3 leaves no NAME. ``saved_folder`` (every loader calls it) then reads the complete previous
-save in .NAME.minilora-old-TIME, and the next save renames it back first. After a crash at any
-instant a load gives the complete old save or the complete new one; the next save removes the
-leftovers. tests/test_kill.py proves it by killing saving processes (docs/reliability.md). A save
-replaces the whole folder, so it refuses a folder holding other files; one process saves a folder.
+A folder of several files (a model, an adapter, a training checkpoint) is one save:
+``atomic_folder`` writes them beside the folder and swaps folders, so after a crash at any instant
+a load (through ``saved_folder``) gives the complete old save or the complete new one. How, and why
+a crash between the two renames is safe too: ``minilora.folders``, whose names io re-exports.
 
 ``fingerprint`` hashes a set of tensors (and, optionally, the JSON that describes them), so a
 file's config is bound to its tensors and an adapter can name the base model it was trained on.
@@ -33,15 +24,14 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import safetensors
 import safetensors.numpy
 
+from minilora.folders import atomic_folder, check_save_target, saved_folder  # noqa: F401  (io's API)
 from minilora.nn.backend import to_numpy
 
 
@@ -66,9 +56,8 @@ def _current_umask() -> int:
     return mask
 
 
-# mkstemp and mkdtemp create files and folders for the owner only; give finished ones the usual permissions.
+# mkstemp creates files readable by the owner only; give finished files the usual permissions.
 _FILE_MODE = 0o666 & ~_current_umask()
-_DIR_MODE = 0o777 & ~_current_umask()
 
 
 def atomic_write_bytes(path, data: bytes) -> None:
@@ -226,107 +215,6 @@ def fingerprint(tensors: dict, described_by: dict | None = None) -> str:
         h.update(header.encode("utf-8"))
         h.update(a.data)
     return h.hexdigest()[:16]
-
-
-# --------------------------------------------------------------------------- folders (one save, several files)
-_PARTIAL, _OLD = "minilora-partial", "minilora-old"
-
-
-def _leftovers(final: Path, tag: str) -> list[Path]:
-    """The hidden siblings of ``final`` made by an unfinished save (``tag``: partial or old), oldest first."""
-    prefix = f".{final.name}.{tag}-"
-    found = [final.parent / n for n in os.listdir(final.parent)] if final.parent.is_dir() else []
-    return sorted(p for p in found if p.name.startswith(prefix))
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a folder's entries (new names, renames) durable; a no-op where folders cannot be opened."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def saved_folder(directory) -> Path:
-    """The folder a save in ``directory`` is read from: ``directory`` itself, or, when a save was
-    killed between its two renames (see the module docstring), the complete previous save beside it."""
-    final = Path(os.path.realpath(directory))
-    if final.exists():
-        return final
-    olds = _leftovers(final, _OLD)
-    return olds[-1] if olds else final
-
-
-def check_save_target(directory, names) -> Path:
-    """Refuse, before any work, a folder a save of the files ``names`` cannot replace; returns its real path.
-
-    It must not be a file, may hold only files of the same kind of save (they are replaced; anything
-    else would be lost), and its parent must be writable (or creatable).
-    """
-    final = Path(os.path.realpath(directory))
-    if final.exists() and not final.is_dir():
-        raise FileExistsError(f"{directory} exists and is a file, not a folder; choose a folder to save into")
-    foreign = sorted(set(os.listdir(final)) - set(names)) if final.is_dir() else []
-    if foreign:
-        raise FileExistsError(f"{directory} holds files this save would not write ({', '.join(foreign[:4])}); "
-                              f"a save replaces the whole folder, so they would be lost. Choose a new or "
-                              f"empty folder, or one that holds only {sorted(names)}")
-    parent = final.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise NotADirectoryError(f"cannot save into {directory}: {parent} is a file, not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot save into {directory}: {parent} is not writable")
-    return final
-
-
-def _recover(final: Path) -> None:
-    """Undo a killed earlier save of ``final``: restore the previous save, remove partial folders."""
-    olds = _leftovers(final, _OLD)
-    if olds and not final.exists():
-        os.rename(olds.pop(), final)                   # killed between the two renames: put it back
-    for leftover in olds + _leftovers(final, _PARTIAL):
-        shutil.rmtree(leftover, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def atomic_folder(directory, names):
-    """Save the files ``names`` into ``directory`` as one: all of them or, after a crash, none.
-
-        with atomic_folder(d, ["model.safetensors", "config.json"]) as tmp:
-            save_tensors(tmp / "model.safetensors", ...)
-            write_json(tmp / "config.json", ...)
-
-    The files are written into a hidden sibling folder ``tmp``; when the block ends normally and
-    ``tmp`` holds exactly ``names``, it replaces ``directory`` (the module docstring gives the
-    steps and why a crash at any instant leaves a complete save). On an exception nothing changes.
-    """
-    final = Path(os.path.realpath(directory))
-    final.parent.mkdir(parents=True, exist_ok=True)
-    _recover(final)                                    # first: a restored previous save is checked too
-    check_save_target(final, names)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.{_PARTIAL}-"))
-    old = final.parent / f".{final.name}.{_OLD}-{time.time_ns():020d}"
-    try:
-        yield tmp
-        written = sorted(os.listdir(tmp))
-        if written != sorted(names):
-            raise RuntimeError(f"a save into {directory} wrote {written}, not the files it declared {sorted(names)}")
-        os.chmod(tmp, _DIR_MODE)
-        _fsync_dir(tmp)
-        if final.exists():
-            os.rename(final, old)                      # step 2: the previous save, complete, beside it
-        os.rename(tmp, final)                          # step 3: the new save, complete, in its place
-        _fsync_dir(final.parent)
-    except BaseException:
-        if old.exists() and not final.exists():
-            os.rename(old, final)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(old, ignore_errors=True)             # step 4 (a leftover is removed by the next save)
 
 
 # --------------------------------------------------------------------------- sizes

@@ -105,12 +105,12 @@ def _check_fields(c: LoraConfig) -> None:
             raise ValueError("LoraConfig.layers_to_transform=[] adapts nothing; give block indices, or None "
                              "for every block")
         c.layers_to_transform = tuple(checks.integer("LoraConfig.layers_to_transform", i, minimum=0) for i in layers)
-    for field, check in (("rank_pattern", lambda k, v: checks.integer(f"rank_pattern[{k!r}]", v, minimum=1)),
-                         ("alpha_pattern", lambda k, v: checks.number(f"alpha_pattern[{k!r}]", v, above=0))):
-        pattern = getattr(c, field)
+    for name, check in (("rank_pattern", lambda k, v: checks.integer(f"rank_pattern[{k!r}]", v, minimum=1)),
+                        ("alpha_pattern", lambda k, v: checks.number(f"alpha_pattern[{k!r}]", v, above=0))):
+        pattern = getattr(c, name)
         if not isinstance(pattern, dict) or not all(isinstance(k, str) for k in pattern):
-            raise ValueError(f"LoraConfig.{field} must map module names to values, got {pattern!r}")
-        setattr(c, field, {k: check(k, v) for k, v in pattern.items()})
+            raise ValueError(f"LoraConfig.{name} must map module names to values, got {pattern!r}")
+        setattr(c, name, {k: check(k, v) for k, v in pattern.items()})
 
 
 def _pattern_value(name: str, pattern: dict, default):
