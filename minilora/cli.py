@@ -236,7 +236,7 @@ def _one_line(e: BaseException) -> str:
 
 
 def _resumed(args, argv):
-    """The options of the run saved in --resume DIR; giving other options as well is an error (they would be ignored)."""
+    """The options of the run saved in --resume DIR; other options given too are an error (they would be ignored)."""
     import argparse as _argparse
 
     from minilora.experiments.resume import read_run_info

@@ -65,7 +65,7 @@ class Child:
 
 
 def _quiet_child():
-    """What a forked child must not inherit: the parent's worker threads (gone after fork), its output, tqdm's monitor."""
+    """What a forked child must not inherit: the parent's worker threads (gone after fork), output, tqdm's monitor."""
     from tqdm import tqdm
 
     from minilora.fast import parallel

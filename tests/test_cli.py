@@ -53,7 +53,7 @@ def test_finetune_on_a_plain_text_file_saves_an_adapter(tmp_path):
     assert (tmp_path / "ad" / "adapter_model.safetensors").is_file()
 
 
-# --------------------------------------------------------------------------- user mistakes: exit 2, one line, nothing saved
+# --------------------------------------------------------------------------- mistakes: exit 2, one line, nothing saved
 QUICK = ["--task", "shift", "--n-train", "64", "--n-test", "8"]
 
 
@@ -141,7 +141,8 @@ def test_merging_an_adapter_with_nan_weights_is_refused_and_writes_nothing(tmp_p
 
 def test_resume_takes_the_runs_options_from_the_checkpoint_and_refuses_others(tmp_path, capsys):
     """--resume DIR with other options is an error (they would be ignored); a checkpoint of another command too."""
-    assert main(["finetune", *QUICK, "--steps", "2", "--save-every", "1", "--checkpoint-dir", str(tmp_path / "ck")]) == 0
+    ck = str(tmp_path / "ck")
+    assert main(["finetune", *QUICK, "--steps", "2", "--save-every", "1", "--checkpoint-dir", ck]) == 0
     assert main(["finetune", "--resume", str(tmp_path / "ck"), "--steps", "5"]) == 2
     assert "leave out --steps" in capsys.readouterr().err
     assert main(["pretrain", "--resume", str(tmp_path / "ck")]) == 2

@@ -74,7 +74,8 @@ def test_an_unexpected_extra_tensor_is_refused(tmp_path):
     """A tensor the config does not build is named, and nothing is loaded."""
     _, folder = _saved(tmp_path)
     tensors, _ = io.load_tensors(folder / "adapter_model.safetensors")
-    io.save_tensors(folder / "adapter_model.safetensors", {**tensors, "blocks.0.attn.wk.lora_A.weight": np.zeros((2, 16))})
+    stray = {"blocks.0.attn.wk.lora_A.weight": np.zeros((2, 16))}
+    io.save_tensors(folder / "adapter_model.safetensors", {**tensors, **stray})
     with pytest.raises(io.CheckpointError, match="unexpected"):
         LoraModel(tiny_float64_base()).load_adapter(folder)
 

@@ -44,4 +44,5 @@ def test_each_tolerance_sits_between_rounding_and_a_one_percent_change(key):
     """The committed rtol is above every measured rounding drift and below the drift of a 1% higher lr."""
     golden = GOLDEN["runs"][key]
     rounding, real = max(golden["rounding_drift"].values()), golden["real_change_drift"]["lr x 1.01"]
-    assert rounding < golden["rtol"] < real, f"{key}: rounding {rounding:.1e}, rtol {golden['rtol']:.0e}, lr x 1.01 {real:.1e}"
+    assert rounding < golden["rtol"] < real, \
+        f"{key}: rounding {rounding:.1e}, rtol {golden['rtol']:.0e}, lr x 1.01 {real:.1e}"

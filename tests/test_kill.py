@@ -178,7 +178,7 @@ POINTS = {"between the two files": 0, "old folder moved aside": 0, "new folder i
 @pytest.mark.parametrize("point", sorted(POINTS))
 @pytest.mark.parametrize("kind", [ModelKind(), AdapterKind(), CheckpointKind()], ids=["model", "adapter", "checkpoint"])
 def test_a_kill_at_each_step_of_a_save_leaves_the_save_it_should(tmp_path, kind, point):
-    """Killed between the files or between the renames: the old save; after the swap: the new; no leftovers next time."""
+    """Killed between the files or the renames: the old save; after the swap: the new; no leftovers next time."""
     folder = tmp_path / "saved"
     kind.save(folder, 0)
 

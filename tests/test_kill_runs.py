@@ -112,7 +112,7 @@ def _logged(module, name, log, tag, folder):
 
 
 def _identity(folder, merged: bool):
-    """Which save a folder holds: the adapter's seed, or the merged model's weights fingerprint (fully checked loads)."""
+    """Which save a folder holds: the adapter's seed, or the merged model's weights fingerprint (checked loads)."""
     if merged:
         model, _ = load_model(folder)
         return io.fingerprint(model.params)
@@ -144,7 +144,8 @@ def run_cli_trials(tmp_path, command, trials=TRIALS, seed=0) -> dict:
     for k, a in enumerate(adapters):                              # what each merge saves, computed once
         assert main(["merge", str(a), "--out", str(tmp_path / f"m{k}")]) == 0
         expected[k] = _identity(tmp_path / f"m{k}", True)
-    assert main(["merge", str(adapters[0]), "--out", str(out)] if merged else ["finetune", *QUICK, "--out", str(out)]) == 0
+    first = ["merge", str(adapters[0]), "--out", str(out)] if merged else ["finetune", *QUICK, "--out", str(out)]
+    assert main(first) == 0
     current = _identity(out, merged)
     if merged:                                                    # how long one save takes, measured here
         model, extra = load_model(out)
@@ -187,7 +188,7 @@ def run_cli_trials(tmp_path, command, trials=TRIALS, seed=0) -> dict:
 
 @pytest.mark.parametrize("command", ["finetune", "merge"])
 def test_the_command_lines_out_folder_survives_a_kill_during_its_save(tmp_path, command):
-    """TRIALS kills of `minilora finetune --out` / `merge --out` right after the save starts: the folder loads as a save."""
+    """TRIALS kills of `minilora finetune --out` / `merge --out` as the save starts: the folder loads as a save."""
     stats = run_cli_trials(tmp_path, command)
     assert stats["trials"] >= 30 and stats["killed inside a save"] >= 5, stats
 

@@ -52,7 +52,8 @@ def _lora_model():
     return LoraModel(model, LoraConfig(r=2, lora_dropout=0.1, modules_to_save=("head",), seed=5))
 
 
-CASES = {"full, 2 worker threads": (_full_model, "copy"), "LoRA with dropout, classification": (_lora_model, "palindrome")}
+CASES = {"full, 2 worker threads": (_full_model, "copy"),
+         "LoRA with dropout, classification": (_lora_model, "palindrome")}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -68,7 +69,8 @@ def test_a_resumed_run_ends_bit_identical_to_the_uninterrupted_run(tmp_path, cas
               checkpoint_dir=tmp_path / "ck")
     fresh = make()
     resumed = train(fresh, data, data, _config(), checkpoint_dir=tmp_path / "ck", resume_from=tmp_path / "ck")
-    assert resumed.losses == reference.losses, f"losses differ from step {_first_difference(resumed.losses, reference.losses)}"
+    assert resumed.losses == reference.losses, \
+        f"losses differ from step {_first_difference(resumed.losses, reference.losses)}"
     assert resumed.evals == reference.evals, f"evals differ: {resumed.evals} vs {reference.evals}"
     different = [k for k in whole.params if not np.array_equal(whole.params[k], fresh.params[k])]
     assert not different, f"{len(different)} parameters differ after resuming, e.g. {different[:2]}"

@@ -49,7 +49,8 @@ def write_adapter(host, folder, name: str) -> None:
         **config.to_dict(), "base_model_fingerprint": host.base_fingerprint,
         "base_model_config": asdict(host.model.config)}))
     io.save_tensors(Path(folder) / "adapter_model.safetensors", tensors)
-    io.write_json(Path(folder) / "adapter_config.json", {**described, "fingerprint": io.fingerprint(tensors, described)})
+    io.write_json(Path(folder) / "adapter_config.json",
+                  {**described, "fingerprint": io.fingerprint(tensors, described)})
 
 
 def read_adapter(directory, *, verify: bool = True) -> tuple[dict, object, dict]:

@@ -116,8 +116,9 @@ def restore(directory, *, model, optimizer, config, fingerprints: dict) -> tuple
     ours = json.loads(json.dumps(asdict(config)))
     differ = sorted(k for k in ours if k != "progress" and meta["train_config"].get(k) != ours[k])
     if differ:
+        then, now = [meta["train_config"].get(k) for k in differ], [ours[k] for k in differ]
         raise ValueError(f"{directory} is a checkpoint of another run: TrainConfig differs in {differ} "
-                         f"(checkpoint {[meta['train_config'].get(k) for k in differ]}, now {[ours[k] for k in differ]})")
+                         f"(checkpoint {then}, now {now})")
     if meta["optimizer"]["facts"] != optimizer_facts(optimizer):
         raise ValueError(f"{directory} was trained with the optimizer {meta['optimizer']['facts']}, "
                          f"not {optimizer_facts(optimizer)}")
@@ -131,8 +132,9 @@ def restore(directory, *, model, optimizer, config, fingerprints: dict) -> tuple
                          f"{sorted(saved - model.trainable)[:3]}, only here: {sorted(model.trainable - saved)[:3]})")
     wrong = [n for n in saved if tuple(tensors[f"param/{n}"].shape) != tuple(model.params[n].shape)]
     if wrong:
-        raise ValueError(f"{directory}: {wrong[0]} has shape {tuple(tensors[f'param/{wrong[0]}'].shape)} in the "
-                         f"checkpoint but {tuple(model.params[wrong[0]].shape)} here; it is a checkpoint of another run")
+        name = wrong[0]
+        raise ValueError(f"{directory}: {name} has shape {tuple(tensors[f'param/{name}'].shape)} in the checkpoint "
+                         f"but {tuple(model.params[name].shape)} here; it is a checkpoint of another run")
     for name in saved:
         model.params[name][...] = backend.asarray(tensors[f"param/{name}"], dtype=model.params[name].dtype)
     optimizer.state = {}

@@ -170,8 +170,10 @@ def train(model: GPT, train_data, eval_data=None, config: TrainConfig | None = N
                          "deleted), so training would change nothing; unfreeze parameters or set an adapter")
     opt = optimizer or AdamW(lr=cfg.lr, weight_decay=cfg.weight_decay)
     hist = History(trainable_params=model.num_params(trainable_only=True))
-    fingerprints = ({"frozen weights": resume.frozen_fingerprint(model), "training data": resume.data_fingerprint(train_data)}
-                    if checkpoint_dir is not None or resume_from is not None else {})
+    fingerprints = {}                  # what a resumed run must share with the run that saved the checkpoint
+    if checkpoint_dir is not None or resume_from is not None:
+        fingerprints = {"frozen weights": resume.frozen_fingerprint(model),
+                        "training data": resume.data_fingerprint(train_data)}
     if checkpoint_dir is not None:     # refuse an unusable folder now, not after the first save_every steps
         io.check_save_target(checkpoint_dir, resume.model_file_names(model) + resume.STATE_FILES)
     start = 0

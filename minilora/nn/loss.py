@@ -21,7 +21,8 @@ def forward_loss(model, batch: dict, *, training: bool = False):
     else:
         _check_ids(batch, "x", batch["x"].shape, None, "")
         if tuple(batch["mask"].shape) != tuple(batch["x"].shape):
-            raise ValueError(f"batch['mask'] has shape {tuple(batch['mask'].shape)}, but x has {tuple(batch['x'].shape)}")
+            raise ValueError(f"batch['mask'] has shape {tuple(batch['mask'].shape)}, "
+                             f"but x has {tuple(batch['x'].shape)}")
         logits, cache = model.forward(batch["x"], training=training)                 # (B, T, V)
         _check_ids(batch, "y", batch["x"].shape, logits.shape[-1], "token ids of the vocabulary")
         loss, ce_cache = k.cross_entropy_forward(logits, batch["y"], batch["mask"])
