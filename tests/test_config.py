@@ -85,3 +85,11 @@ def test_bottleneck_adapter_config_refuses_non_integers_and_bad_std():
     for kwargs in ({"bottleneck": 2.0}, {"bottleneck": "8"}, {"init_std": math.nan}, {"seed": -2}):
         with pytest.raises(ValueError):
             AdapterConfig(**kwargs)
+
+
+def test_a_value_changed_after_construction_is_checked_when_the_adapter_is_built():
+    """config.lora_alpha = 0 set on an existing LoraConfig is refused when an adapter is made from it."""
+    config = LoraConfig(r=2)
+    config.lora_alpha = 0
+    with pytest.raises(ValueError, match="lora_alpha"):
+        LoraModel(tiny_float64_base(), config)

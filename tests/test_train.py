@@ -146,3 +146,11 @@ def test_evaluating_no_examples_is_a_clear_error():
     empty = type(data)(data.x[:0], data.y[:0], data.mask[:0], data.task, [], [])
     with pytest.raises(ValueError, match="no examples"):
         evaluate(GPT(TINY, seed=0), empty)
+
+
+def test_a_setting_changed_after_construction_is_checked_when_training_starts():
+    """cfg.steps = 0 set on an existing TrainConfig is refused by train(), not silently run."""
+    config = quick(2)
+    config.steps = 0
+    with pytest.raises(ValueError, match="TrainConfig.steps"):
+        train(GPT(TINY, seed=0), make_dataset("copy", 40, seed=0, block_size=24), None, config)

@@ -58,6 +58,7 @@ class LoraConfig:
 
         ``base_linears``: the model's specs without adapters, whose tensors the LoRA layers read.
         """
+        _check_fields(self)                          # again: a field set after construction is checked too
         tensors, specs = {}, {}
         for k, (name, (r, scale)) in enumerate(resolve_targets(model, self).items()):
             d_out, d_in = model.params[name + ".weight"].shape

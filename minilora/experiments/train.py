@@ -165,6 +165,7 @@ def train(model: GPT, train_data, eval_data=None, config: TrainConfig | None = N
     training before the bad update is applied and raises NonFiniteLossError naming the last good checkpoint.
     """
     cfg = config or TrainConfig()
+    _check_train_config(cfg)           # again: a field set after construction (cfg.steps = 0) is checked too
     if model.num_params(trainable_only=True) == 0:
         raise ValueError("the model has no trainable parameter (everything frozen, or its adapter disabled or "
                          "deleted), so training would change nothing; unfreeze parameters or set an adapter")
