@@ -15,7 +15,7 @@ from minilora.adapters.config import LoraConfig, resolve_targets
 from minilora.adapters.lora_model import LoraModel
 from minilora.interop import fused_qkv
 from minilora.interop.hf_gpt2 import params_from_hf, params_to_hf, read_hf_gpt2
-from minilora.interop.peft_format import PREFIX, scale
+from minilora.adapters.peft_format import PREFIX, scale
 from minilora.nn.model import GPT
 
 from interop_fixtures import (ADAPTERS, HF_TINY, captured_warnings, expected, lora_modules, max_abs, merged_model,
@@ -99,7 +99,7 @@ def trained(config, dtype=np.float64, seed=0):
 
 def merge_in_hf_layout(lm, peft, tensors) -> dict:
     """The HF base with PEFT's adapter merged as PEFT merges Conv1D layers: W_conv += s (B A)^T."""
-    from minilora.interop import patterns
+    from minilora.adapters import patterns
     state = params_to_hf(lm.config, {k: lm.params[k] for k in lm.model.own_param_names()})   # the base
     state = {PREFIX + k: v.copy() for k, v in state.items()}
     names = sorted(k.removesuffix(".lora_A.weight") for k in tensors if k.endswith(".lora_A.weight"))

@@ -1,6 +1,7 @@
 """Adapters on a frozen GPT.
 
-  * the host: ``adapted`` (add, switch, merge, save and load any adapter), ``files``;
+  * the host: ``adapted`` (add, switch, merge, save and load any adapter), ``files``, which writes
+    LoRA adapters in PEFT's format (``peft_format``, ``patterns``: PEFT's rank/alpha pattern rule);
   * LoRA: ``lora`` (the layer), ``config`` (LoraConfig), ``lora_model`` (LoraModel), ``bookkeeping``
     (what trains while an adapter is active; merging adapters in place and back);
   * its successors' math: ``dora``, ``lora_init`` (PiSSA, OLoRA), ``combine``, ``decomposition``;

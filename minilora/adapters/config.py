@@ -13,6 +13,7 @@ from minilora import checks
 from minilora.adapters.adapted import AdapterParts
 from minilora.adapters.files import ENVELOPE, register_config
 from minilora.adapters.lora import INITS, init_lora_pair, lora_scale
+from minilora.adapters import patterns
 from minilora.nn import backend
 from minilora.nn.linears import LinearSpec
 from minilora.nn.model import GPT, SHORT_NAMES
@@ -28,12 +29,12 @@ class LoraConfig:
     lora_alpha: float = 8.0                      # scale s = lora_alpha / r (§4.1: set once, not tuned)
     target_modules: tuple = ("wq", "wv")         # any of wq wk wv wo fc proj (§4.2 uses wq, wv)
     layers_to_transform: tuple | None = None     # block indices to adapt; None = every block
-    rank_pattern: dict = field(default_factory=dict)    # per-module r, e.g. {"wv": 4, "blocks.0.attn.wq": 2}
-    alpha_pattern: dict = field(default_factory=dict)   # per-module lora_alpha, same keys
+    rank_pattern: dict = field(default_factory=dict)    # per-module r, e.g. {"blocks.0.attn.wq": 2, "wv": 4}:
+    alpha_pattern: dict = field(default_factory=dict)   # per-module lora_alpha; PEFT's rule, first matching key wins
     lora_dropout: float = 0.0                    # dropout on the A path's input
     init_lora_weights: str = "gaussian"          # gaussian | peft_gaussian | kaiming | reversed | zeros
     init_std: float | None = None                # gaussian std; None = 1/sqrt(d_in) (see init_lora_pair)
-    bias: str = "none"                           # none | all | lora_only: which biases also train
+    bias: str = "none"                           # none | all (every bias, LayerNorm's too) | lora_only (adapted layers')
     modules_to_save: tuple = ()                  # trained fully and saved with the adapter, e.g. ("head",)
     use_rslora: bool = False                     # rsLoRA's rank-stabilised scale (Kalajdzievski 2023), see lora_scale
     seed: int = 0                                # initialisation of A (and dropout masks)
@@ -71,8 +72,8 @@ class LoraConfig:
             specs[name] = LinearSpec("lora", {**base_linears[name].tensors, "lora_A": a_key, "lora_B": b_key},
                                      {"scale": scale, "dropout": self.lora_dropout})
         saved = []                                            # modules_to_save: the host adds those
-        if self.bias == "all":
-            saved = [f"{n}.bias" for n in model.config.linear_names()]
+        if self.bias == "all":                                # PEFT: every parameter named "bias"
+            saved = [p for p in model.own_param_names() if p.endswith(".bias")]
         elif self.bias == "lora_only":
             saved = [f"{n}.bias" for n in specs]
         return AdapterParts(tensors, specs, saved)
@@ -114,20 +115,6 @@ def _check_fields(c: LoraConfig) -> None:
         setattr(c, name, {k: check(k, v) for k, v in pattern.items()})
 
 
-def _pattern_value(name: str, pattern: dict, default):
-    """The value for module ``name`` from a PEFT-style pattern dict (longest matching key wins).
-
-    A key matches when it is the module's full name or a dotted suffix of it ("wv", "attn.wv").
-    Short target names are expanded ("wv" -> "attn.wv") before matching.
-    """
-    best, best_len = default, -1
-    for key, value in pattern.items():
-        full = SHORT_NAMES.get(key, key)
-        if (name == full or name.endswith("." + full)) and len(full) > best_len:
-            best, best_len = value, len(full)
-    return best
-
-
 def resolve_targets(model: GPT, config: LoraConfig) -> dict[str, tuple[int, float]]:
     """Module name -> (r, scale) for every matrix the config adapts. Raises on bad names or ranks."""
     unknown = [t for t in config.target_modules if t not in SHORT_NAMES and t not in SHORT_NAMES.values()]
@@ -141,18 +128,19 @@ def resolve_targets(model: GPT, config: LoraConfig) -> dict[str, tuple[int, floa
         raise ValueError(f"layers_to_transform {bad} out of range: the model has blocks 0..{L - 1}")
     kinds = [SHORT_NAMES.get(t, t) for t in config.target_modules]
     names = [f"blocks.{i}.{k}" for i in layers for k in kinds]
-    for key in list(config.rank_pattern) + list(config.alpha_pattern):
-        if not any(n == SHORT_NAMES.get(key, key) or n.endswith("." + SHORT_NAMES.get(key, key)) for n in names):
-            raise ValueError(f"rank/alpha pattern key {key!r} matches no adapted module; adapted modules are "
-                             f"{names[:6]}{' ...' if len(names) > 6 else ''}")
+    unmatched = patterns.unmatched_keys({**config.rank_pattern, **config.alpha_pattern}, names)
+    if unmatched:
+        raise ValueError(f"rank/alpha pattern keys {unmatched}: each matches no adapted module; adapted modules are "
+                         f"{names[:6]}{' ...' if len(names) > 6 else ''}")
     out = {}
     for name in names:
         d_out, d_in = model.params[name + ".weight"].shape
-        r = int(_pattern_value(name, config.rank_pattern, config.r))
+        # PEFT's rule: the FIRST key (in the dict's order) that matches the end of the name wins
+        r = int(patterns.pattern_value(config.rank_pattern, name, config.r))
         if not 1 <= r <= min(d_out, d_in):
             raise ValueError(f"rank r = {r} is out of range for {name} with W0 of shape ({d_out}, {d_in}); "
                              f"choose 1 <= r <= min(d_out, d_in) = {min(d_out, d_in)}")
-        alpha = float(_pattern_value(name, config.alpha_pattern, config.lora_alpha))
+        alpha = float(patterns.pattern_value(config.alpha_pattern, name, config.lora_alpha))
         out[name] = (r, lora_scale(alpha, r, config.use_rslora))
     return out
 

@@ -18,6 +18,7 @@ from minilora import io
 from minilora.data.datasets import make_splits
 from minilora.data.tasks import DOWNSTREAM_TASKS, get_task
 from minilora.experiments.finetune import FinetuneResult, default_train_config, finetune
+from minilora.adapters.files import head_classes
 from minilora.adapters.lora_model import LoraModel
 from minilora.experiments.pretrain import load_base
 from minilora.experiments.train import evaluate, plot_histories, to_backend
@@ -57,8 +58,7 @@ def switching_check(adapter_dirs: dict[str, Path], seed: int) -> dict[str, float
     base, _ = load_base()
     needs_head = [t for t in adapter_dirs if get_task(t).kind == "classification"]
     if needs_head:
-        n_classes = io.load_tensors(adapter_dirs[needs_head[0]] / "adapter_model.safetensors")[0]["head.bias"].shape[0]
-        base.add_classification_head(n_classes)
+        base.add_classification_head(head_classes(adapter_dirs[needs_head[0]]))
     shared = LoraModel(base)
     for task, d in adapter_dirs.items():
         shared.load_adapter(d, adapter_name=task)

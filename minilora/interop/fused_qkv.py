@@ -27,9 +27,9 @@ import numpy as np
 
 from minilora import io
 from minilora.adapters.config import LoraConfig
-from minilora.interop import patterns
+from minilora.adapters import patterns
 from minilora.interop.hf_gpt2 import PREFIX as HF_PREFIX
-from minilora.interop.peft_format import MAGNITUDE, PREFIX, scale
+from minilora.adapters.peft_format import MAGNITUDE, PREFIX, scale
 from minilora.nn.backend import to_numpy
 from minilora.nn.model import GPTConfig
 

@@ -138,7 +138,7 @@ def params_to_hf(config: GPTConfig, params: dict) -> dict:
         raise ValueError(f"params hold {extra[:4]}, which GPT2LMHeadModel has no place for. A classification "
                          f"head has a bias that GPT2ForSequenceClassification.score lacks, so it cannot be "
                          f"written exactly; export the language model without it (adapters go through "
-                         f"minilora.interop.peft_format)")
+                         f"minilora.adapters.peft_format)")
     host = {k: backend.to_numpy(v) for k, v in params.items()}
     out = {n: host[n] for n in ("wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias")}
     for i in range(config.n_layer):
