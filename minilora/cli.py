@@ -4,6 +4,10 @@
     minilora pretrain                  train the small base model from scratch and save it
     minilora finetune --task shift     LoRA (or --method full) on a shipped task or --text FILE
     minilora merge ADAPTER --out DIR   base + adapter -> one merged model checkpoint
+    minilora generate --prompt TEXT    text from a model, with an adapter or without (minilora.cli_interop)
+    minilora export DIR --format hf-gpt2   the model (and adapter) for transformers / PEFT
+    minilora import-hf HF_DIR --out DIR    a Hugging Face GPT-2 as a minilora model
+    minilora finetune --hf HF_DIR --text FILE   LoRA on a real GPT-2 with its BPE tokenizer
     minilora analyze                   the rank analyses of Hu et al. 2021, §7 (report + plots)
     minilora exercises make|grade      classroom exercises from the library's own code
 """
@@ -11,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+
+from minilora import cli_interop
 
 
 def _add_pretrain(sub):
@@ -78,6 +84,12 @@ def _add_finetune(sub):
     p.add_argument("--seed", type=int, default=0, help="data, new head, LoRA initialisation and batch order")
     p.add_argument("--out", default=None, help="save the adapter (LoRA) or model (full) here")
     _add_checkpoint_options(p)
+    hf = p.add_argument_group("a Hugging Face GPT-2 (with --hf; LoRA on --text)")
+    hf.add_argument("--hf", default=None, help="local Hugging Face GPT-2 folder with tokenizer files")
+    hf.add_argument("--block-size", type=int, default=128, help="tokens per training window")
+    hf.add_argument("--batch-size", type=int, default=None, help="windows per step (default 4)")
+    hf.add_argument("--export-peft", default=None, help="also write the adapter for PEFT on GPT2LMHeadModel here")
+    hf.add_argument("--sample", default=None, help="print a sample continuing this prompt after training")
     p.set_defaults(func=_finetune)
 
 
@@ -91,6 +103,9 @@ def _finetune(args):
     from minilora.experiments.pretrain import load_base
     from minilora.nn import checkpoint
 
+    if args.hf is not None:                       # LoRA on a Hugging Face GPT-2 (minilora.cli_interop)
+        from minilora.cli_interop import finetune_hf_command
+        return finetune_hf_command(args)
     kind = "generation" if args.text else get_task(args.task).kind
     checkpoints = _checkpoints(args, files.FILES if args.method == "lora" else checkpoint.FILES)
     base = load_base(args.base)[0]
@@ -198,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_demo, _add_pretrain, _add_finetune, _add_merge, _add_analyze, _add_exercises):
+        add(sub)
+    for add in (cli_interop.add_generate, cli_interop.add_export, cli_interop.add_import_hf):
         add(sub)
     return parser
 

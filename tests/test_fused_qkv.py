@@ -187,3 +187,16 @@ def test_peft_loads_the_fused_export_on_gpt2lmheadmodel_to_the_same_logits(tmp_p
     ours, _ = lm.forward(idx)
     err = max_abs(ours, theirs)
     assert err < 1e-5, f"expected max |minilora - PEFT on GPT2LMHeadModel| < 1e-5, received {err:.2e}"
+
+
+def test_a_lora_model_adapter_exported_for_gpt2_and_read_back_gives_the_same_logits(tmp_path):
+    """write_lora_model_adapter then load_hf_gpt2_adapter on a fresh LoraModel: the logits of the original
+    (the split of the fused adapter is exact: wk gets A' with a zero B block)."""
+    lm = trained(SEPARATE)
+    folder = fused_qkv.write_lora_model_adapter(lm, tmp_path / "gpt2_adapter")
+    fresh = LoraModel(GPT(*read_hf_gpt2(HF_TINY, dtype=np.float64)))
+    name = fused_qkv.load_hf_gpt2_adapter(fresh, folder, "back")
+    idx = np.random.default_rng(2).integers(0, lm.config.vocab_size, (2, 10))
+    err = max_abs(fresh.forward(idx)[0], lm.forward(idx)[0])
+    assert fused_qkv.is_hf_gpt2_adapter(folder) and name == "back", "expected a fan_in_fan_out folder"
+    assert err < 1e-12, f"expected the original logits, max error {err:.2e}"

@@ -127,3 +127,15 @@ def test_greedy_decoding_answers_exactly_where_teacher_forced_argmax_is_right(ta
     assert np.array_equal(np.array(greedy), teacher), f"expected greedy == teacher forcing per example, " \
         f"received greedy {np.flatnonzero(greedy).tolist()} vs teacher {np.flatnonzero(teacher).tolist()}"
     assert teacher.mean() > 0.5, f"expected the base to know {task} (accuracy > 0.5), received {teacher.mean():.2f}"
+
+
+def test_greedy_generation_on_an_imported_gpt2_equals_transformers_generate():
+    """The tiny GPT-2 of tests/fixtures/hf_gpt2_bpe_tiny: 24 greedy tokens, the ones GPT2LMHeadModel.generate gave."""
+    from minilora.interop.hf_gpt2 import read_hf_gpt2
+    from minilora.nn.model import GPT
+    from interop_fixtures import FIXTURES, expected
+
+    ref = expected(FIXTURES / "hf_gpt2_bpe_tiny")
+    model = GPT(*read_hf_gpt2(FIXTURES / "hf_gpt2_bpe_tiny"))
+    out = generate(model, ref["prompt"], 24, temperature=0)
+    assert out.tolist() == ref["greedy"].tolist(), f"expected transformers' {ref['greedy'].tolist()}, received {out.tolist()}"

@@ -206,12 +206,24 @@ def load_adapter(host, directory, adapter_name: str | None = None, *, set_active
             f"the adapter in {directory} was trained on a different base model (fingerprint "
             f"{fingerprint} vs this base {host.base_fingerprint}); load it onto "
             f"the base it was made for (and unmerge any merged adapter first)")
-    name = adapter_name or meta.get("adapter_name") or "default"
+    return install_adapter(host, adapter_name or meta.get("adapter_name") or "default", config, tensors,
+                           set_active=set_active, source=directory,
+                           check=lambda: _check_bound(directory, meta, tensors))
+
+
+def install_adapter(host, name: str, config, tensors: dict, *, set_active: bool = True, source="the file",
+                    check=None) -> str:
+    """Add adapter ``name`` built from ``config`` to ``host`` and fill it with ``tensors`` (minilora's keys).
+
+    Names and shapes are checked, then ``check()`` if given; on any error the adapter is removed
+    again and the previously active one restored.
+    """
     was_active = host.active_adapter
     host.add_adapter(name, config)
     try:
-        _fill(host, name, tensors, directory)
-        _check_bound(directory, meta, tensors)
+        _fill(host, name, tensors, source)
+        if check is not None:
+            check()
     except Exception:
         host.delete_adapter(name)
         if was_active is not None:
