@@ -8,7 +8,9 @@ minilora's names and shapes and those of the other library; nothing here imports
   hf_gpt2       a Hugging Face GPT-2 folder (config.json + model.safetensors) <-> GPTConfig + params
   fused_qkv     adapters on separate Wq, Wk, Wv <-> one adapter on GPT-2's fused c_attn
   tokenizer     GPT-2's byte-level BPE from a Hugging Face folder (the optional ``tokenizers`` library)
-  hf_finetune   LoRA on a Hugging Face GPT-2 in NumPy, on a text file, and the way back to PEFT
+
+LoRA-tuning a Hugging Face GPT-2 on a text file uses the training loop, so it lives with the other
+experiments (``minilora.experiments.hf_finetune``); the command line is ``minilora.cli_interop``.
 
 PEFT's adapter format and its pattern rules are the adapters' own file format, so they live in
 ``minilora.adapters`` (``peft_format``, ``patterns``): every LoRA adapter minilora saves is a PEFT
