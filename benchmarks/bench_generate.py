@@ -90,7 +90,8 @@ def measure(lengths, rounds, with_torch, threads, seed=0) -> list[dict]:
                     row["x_hf"] = float(np.median(np.asarray(t) / np.asarray(ref)))   # < 1: minilora faster
                 rows.append(row)
             base = {r["impl"]: r for r in rows if r["new_tokens"] == n}
-            rows[-len(fns)]["cache_speedup"] = base["minilora no cache"]["median_s"] / base["minilora cache"]["median_s"]
+            speedup = base["minilora no cache"]["median_s"] / base["minilora cache"]["median_s"]
+            rows[-len(fns)]["cache_speedup"] = speedup
     return rows
 
 
@@ -116,8 +117,9 @@ def main(argv=None):
     env = {**common.environment(), "load_average_before": load_before}
     print()
     print(common.format_table(rows, COLUMNS))
-    print(f"model: {CONFIG}, float32, batch 1, prompt {PROMPT} tokens, greedy, {args.threads} thread(s); median of {args.rounds} "
-          f"interleaved rounds; 'time / transformers'' is the median over rounds of the per-round ratio")
+    print(f"model: {CONFIG}, float32, batch 1, prompt {PROMPT} tokens, greedy, {args.threads} thread(s); "
+          f"median of {args.rounds} interleaved rounds; 'time / transformers'' is the median over rounds of the "
+          f"per-round ratio")
     common.print_conditions(env, load_before)
     common.save_json(args.out / "generate.json", {"args": {k: str(v) for k, v in vars(args).items()},
                                                   "model": vars(CONFIG), "environment": env, "results": rows})

@@ -124,7 +124,8 @@ def main(argv=None):
         for fn in order:
             print(f"round {r}: {fn.__name__}", flush=True)
             row = run_isolated(fn, True, **timing)
-            rows.append({**row, "round": r, "ms_per_step": 1e3 * row["median_s"], "tokens_per_s": B * T / row["median_s"]})
+            rows.append({**row, "round": r, "ms_per_step": 1e3 * row["median_s"],
+                         "tokens_per_s": B * T / row["median_s"]})
     by = {impl: [r for r in rows if r["impl"] == impl] for impl in ("minilora", "torch+peft")}
     ratios = [a["median_s"] / b["median_s"] for a, b in zip(by["minilora"], by["torch+peft"])]
     summary = {"ratio_median": float(np.median(ratios)), "ratios_per_round": ratios, "target": "<= 1.0",
@@ -132,7 +133,8 @@ def main(argv=None):
     env = {**common.environment(), "load_average_before": load_before}
     print()
     print(common.format_table(rows, COLUMNS))
-    print(f"\nminilora step / PyTorch+PEFT step: {summary['ratio_median']:.2f} (per round {[f'{x:.2f}' for x in ratios]}); "
+    print(f"\nminilora step / PyTorch+PEFT step: {summary['ratio_median']:.2f} "
+          f"(per round {[f'{x:.2f}' for x in ratios]}); "
           f"peak RSS growth: minilora {summary['peak_mb_minilora']:,.0f} MB, PyTorch+PEFT "
           f"{summary['peak_mb_torch+peft']:,.0f} MB")
     print(f"GPT-2 124M shape, B = {B}, T = {T}, LoRA r = {R} on {TARGETS}, float32, {args.steps} timed steps after "

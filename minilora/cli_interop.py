@@ -146,7 +146,8 @@ def export_command(args):
         if with_peft:
             (tmp / "adapter").mkdir()
             fused_qkv.write_lora_model_adapter_files(adapted, tmp / "adapter")
-    print(f"wrote {out} for transformers.GPT2LMHeadModel.from_pretrained" + (" with its tokenizer" if tokenizer else ""))
+    print(f"wrote {out} for transformers.GPT2LMHeadModel.from_pretrained"
+          + (" with its tokenizer" if tokenizer else ""))
     if with_peft:
         print(f"and {out / 'adapter'} for peft.PeftModel.from_pretrained(model, '{out / 'adapter'}')")
 

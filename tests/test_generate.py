@@ -138,4 +138,5 @@ def test_greedy_generation_on_an_imported_gpt2_equals_transformers_generate():
     ref = expected(FIXTURES / "hf_gpt2_bpe_tiny")
     model = GPT(*read_hf_gpt2(FIXTURES / "hf_gpt2_bpe_tiny"))
     out = generate(model, ref["prompt"], 24, temperature=0)
-    assert out.tolist() == ref["greedy"].tolist(), f"expected transformers' {ref['greedy'].tolist()}, received {out.tolist()}"
+    want = ref["greedy"].tolist()
+    assert out.tolist() == want, f"expected transformers' {want}, received {out.tolist()}"

@@ -286,4 +286,5 @@ def test_bias_all_trains_every_linear_bias():
     assert "blocks.1.mlp.proj.bias" not in lm.trainable, "the base bias stays frozen; the adapter trains a copy"
     assert lm.model.linears["blocks.1.mlp.proj"].tensors["bias"] == copy
     ln_copy = lm.param_name("blocks.0.ln2.bias")
-    assert ln_copy in lm.trainable and lm.model.norms["blocks.0.ln2"]["bias"] == ln_copy, "PEFT's bias='all' trains LayerNorm biases"
+    assert ln_copy in lm.trainable and lm.model.norms["blocks.0.ln2"]["bias"] == ln_copy, \
+        "PEFT's bias='all' trains LayerNorm biases too"

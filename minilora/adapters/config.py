@@ -34,7 +34,7 @@ class LoraConfig:
     lora_dropout: float = 0.0                    # dropout on the A path's input
     init_lora_weights: str = "gaussian"          # gaussian | peft_gaussian | kaiming | reversed | zeros
     init_std: float | None = None                # gaussian std; None = 1/sqrt(d_in) (see init_lora_pair)
-    bias: str = "none"                           # none | all (every bias, LayerNorm's too) | lora_only (adapted layers')
+    bias: str = "none"                           # none | all (every bias, LayerNorm's too) | lora_only
     modules_to_save: tuple = ()                  # trained fully and saved with the adapter, e.g. ("head",)
     use_rslora: bool = False                     # rsLoRA's rank-stabilised scale (Kalajdzievski 2023), see lora_scale
     seed: int = 0                                # initialisation of A (and dropout masks)

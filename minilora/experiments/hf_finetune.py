@@ -92,7 +92,8 @@ def finetune_hf(directory, text_file, *, lora_config: LoraConfig | None = None,
         raise FileNotFoundError(f"{directory} has no tokenizer files (tokenizer.json, or vocab.json + merges.txt); "
                                 f"the text cannot be encoded without the model's own tokenizer")
     if not 1 <= block_size <= base.config.block_size:
-        raise ValueError(f"block_size must be in 1..{base.config.block_size} (the model's n_positions), got {block_size}")
+        raise ValueError(f"block_size must be in 1..{base.config.block_size} (the model's n_positions), "
+                         f"got {block_size}")
     cfg = train_config or default_hf_train_config()
     train_data, val_data = text_windows(tok, text_file, block_size)
     model = LoraModel(base, lora_config or default_hf_lora_config())
