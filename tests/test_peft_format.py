@@ -88,10 +88,10 @@ def test_peft_dora_tensors_reproduce_peft_logits_by_the_dora_formula():
     assert err < TOL, f"expected max |logits - PEFT's DoRA| < {TOL}, received {err:.2e}"
 
 
-def test_dora_config_is_refused_until_minilora_has_dora():
+def test_dora_config_is_read_as_dora_never_as_plain_lora():
     """use_dora = true is not silently read as plain LoRA."""
     if "use_dora" in LoraConfig.__dataclass_fields__:
-        config, _, _ = read_adapter(ADAPTERS / "dora")
+        _, config, _ = read_adapter(ADAPTERS / "dora")
         assert config.use_dora, "expected use_dora carried over"
     else:
         with pytest.raises(ValueError, match="DoRA"):

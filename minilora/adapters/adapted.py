@@ -4,7 +4,8 @@ An adapter config (``LoraConfig``, ``AdapterConfig``, ...) builds an adapter's p
 
     tensors   its own tensors by file key, e.g. "blocks.0.attn.wq.lora_A.weight" -> A (r, C)
     specs     the linear layers it changes, as ``LinearSpec``s reading base params or its own keys
-    saved     base params it trains its own copy of (modules_to_save, biases), e.g. "head.weight"
+    saved     base params it keeps its own copy of (modules_to_save, biases), e.g. "head.weight"
+    frozen    own keys that do not train (PiSSA's residual copy of W0, LoRA-FA's A)
 
 ``AdaptedModel`` stores each tensor in ``model.params`` as "{key}.{adapter}" and keeps each
 adapter's layout (module -> spec, pointing at those names). Setting an adapter installs its layout
@@ -36,8 +37,8 @@ class AdapterParts:
     """What a config builds for one adapter (see the module docstring)."""
     tensors: dict                                   # file key -> array: the adapter's own tensors
     specs: dict                                     # module -> LinearSpec (refers to base names or own keys)
-    saved: list = field(default_factory=list)       # base params it trains a copy of (besides modules_to_save)
-    frozen: set = field(default_factory=set)        # own keys that stay frozen (e.g. LoRA-FA's A)
+    saved: list = field(default_factory=list)       # base params it keeps a copy of (besides modules_to_save)
+    frozen: set = field(default_factory=set)        # own keys that stay frozen (PiSSA's residual, LoRA-FA's A)
 
 
 def saved_param_names(modules: dict, names) -> list[str]:
@@ -134,8 +135,8 @@ class AdaptedModel:
         base_modules = {**{m: s.tensors for m, s in self.base_linears.items()}, **self.base_norms}
         saved = sorted(set(parts.saved) | set(saved_param_names(base_modules, config.modules_to_save)))
         tensors = dict(parts.tensors)
-        for p in saved:                                       # the adapter's own copy starts from the base
-            tensors[p] = self.model.params[p].copy()
+        for p in saved:                       # the adapter's own copy starts from the base, unless the config
+            tensors.setdefault(p, self.model.params[p].copy())   # gave its start (PiSSA's residual W0 - s B A)
         own = set(tensors)
         rename = {k: self.param_name(k, adapter_name) for k in own}
         touched = {m: s for m, s in self.base_linears.items() if set(s.tensors.values()) & set(saved)}

@@ -24,10 +24,18 @@ Three choices, each documented where it is made:
 The bias is added after the factor (PEFT subtracts it before rescaling), so its gradient is the
 plain linear layer's ``db = dy summed over rows``; ``dora_backward`` leaves it to the caller,
 like ``lora_backward``.
+
+The registry entry "dora" (bottom of this module) runs these functions for a model: roles weight,
+bias, lora_A, lora_B and lora_magnitude (m, saved under PEFT's name ``lora_magnitude_vector``),
+options scale, dropout and detach_norm; ``LoraConfig(use_dora=True)`` builds such layers.
 """
 from __future__ import annotations
 
+from minilora.adapters.lora import dropout_mask
 from minilora.nn.backend import xp
+from minilora.nn.linears import LinearKind, register
+
+MAGNITUDE = "lora_magnitude_vector"      # m's file key under its module, PEFT's name: "{module}.lora_magnitude_vector"
 
 
 # --------------------------------------------------------------------------- magnitude and factor
@@ -167,3 +175,39 @@ def dora_unmerge(W, A, B_, m, scale, weight_norm):
     live = (weight_norm > 0)[:, None]
     V = W / xp.where(live, g[:, None], 1.0)                   # merged: W' = g V
     return xp.where(live, V, 0.0) - scale * (B_ @ A)
+
+
+# --------------------------------------------------------------------------- the registry entry
+def _dora_linear_forward(x, t, *, scale, dropout=0.0, detach_norm=True, training=False, rng=None):
+    """The "dora" kind: dora_forward on the spec's tensors; dropout on the DoRA path in training only."""
+    mask = dropout_mask(rng, x.shape, dropout, x.dtype) if training and dropout > 0.0 else None
+    y, cache = dora_forward(x, t["weight"], t.get("bias"), t["lora_A"], t["lora_B"], t["lora_magnitude"],
+                            scale, mask)
+    return y, (cache, detach_norm)
+
+
+def _dora_linear_backward(dy, outer, needs):
+    """dora_backward in the spec's mode, keeping the gradients the model asks for; W0 gets none."""
+    cache, detach_norm = outer
+    if "weight" in needs:
+        raise RuntimeError("the frozen W0 of a DoRA layer was marked trainable, but DoRA computes no dW0; "
+                           "freeze it again, or merge_and_unload() and train the plain model")
+    dx, dA, dB, dm = dora_backward(dy, cache, detach_norm=detach_norm)
+    grads = {"lora_A": dA, "lora_B": dB, "lora_magnitude": dm}
+    if "bias" in needs:                                       # added after the factor: db = dy summed over rows
+        grads["bias"] = dy.reshape(-1, dy.shape[-1]).sum(axis=0)
+    return dx, {role: g for role, g in grads.items() if role in needs}
+
+
+def _dora_merge(t, *, scale, dropout=0.0, detach_norm=True):
+    """(W', the norm ||V|| as the state unmerge needs), as PEFT caches "{adapter}-weight_norm"."""
+    return dora_merge(t["weight"], t["lora_A"], t["lora_B"], t["lora_magnitude"], scale)
+
+
+def _dora_unmerge(W, t, state, *, scale, dropout=0.0, detach_norm=True):
+    return dora_unmerge(W, t["lora_A"], t["lora_B"], t["lora_magnitude"], scale, state)
+
+
+DORA = register(LinearKind("dora", ("weight", "bias", "lora_A", "lora_B", "lora_magnitude"), _dora_linear_forward,
+                           _dora_linear_backward, merge=_dora_merge, unmerge=_dora_unmerge,
+                           stochastic=lambda options: options.get("dropout", 0.0) > 0.0))

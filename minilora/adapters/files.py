@@ -139,7 +139,9 @@ def _read_peft(directory, path) -> tuple[dict, object, dict]:
         raise io.CheckpointError(f"{path}: {e}") from None
     cls = CONFIG_TYPES["LORA"]
     known = {f.name for f in fields(cls)}
-    if not values.get("use_dora"):
+    if "use_dora" in known:
+        values["use_dora"] = bool(peft.get("use_dora", False))   # PEFT's default: plain LoRA
+    elif not values.get("use_dora"):
         values.pop("use_dora", None)                      # plain LoRA, whether or not this minilora has DoRA
     unknown = sorted(set(values) - known)
     if unknown:

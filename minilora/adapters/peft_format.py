@@ -94,6 +94,9 @@ def config_to_peft(config, modules: dict, *, task_type: str | None = None) -> di
     """
     if config.bias not in ("none", "all", "lora_only"):
         raise ValueError(f"bias {config.bias!r} has no PEFT counterpart")
+    if config.init_lora_weights not in INIT_TO_PEFT:
+        raise ValueError(f"init_lora_weights = {config.init_lora_weights!r}: this adapter works on its own residual "
+                         f"of W0, not on the base PEFT loads; export LoraModel.convert_to_plain_lora()'s adapter")
     layers = list(config.layers_to_transform) if config.layers_to_transform is not None else None
     out = {"peft_type": "LORA", "task_type": task_type, "base_model_name_or_path": None, "inference_mode": True,
            "r": int(config.r), "lora_alpha": config.lora_alpha, "target_modules": list(config.target_modules),

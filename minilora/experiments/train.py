@@ -24,7 +24,7 @@ from minilora.nn import backend
 from minilora.nn.loss import forward_loss
 from minilora.nn.loss import loss_and_grads as plain_loss_and_grads
 from minilora.nn.model import GPT
-from minilora.nn.optim import AdamW, clip_grad_norm, linear_warmup_decay
+from minilora.nn.optim import AdamW, clip_grad_norm, linear_warmup_decay, loraplus_lr_scale
 
 
 class NonFiniteLossError(RuntimeError):
@@ -46,6 +46,7 @@ class TrainConfig:
     fast: bool = True            # the optimised kernels, worker threads and memory reuse of minilora.fast
     workers: int | None = None   # with fast: threads sharing each batch; None: one per core (fast.parallel)
     save_every: int | None = None  # steps between resumable checkpoints (with checkpoint_dir); None: eval_every
+    loraplus_lr_ratio: float | None = None   # LoRA+ (Hayou et al. 2024): lr of B (and 1-d params) = ratio x lr
 
     def __post_init__(self):
         _check_train_config(self)
@@ -81,6 +82,8 @@ def _check_train_config(c: TrainConfig) -> None:
     for name in ("workers", "save_every"):
         if getattr(c, name) is not None:
             setattr(c, name, checks.integer(f"TrainConfig.{name}", getattr(c, name), minimum=1))
+    if c.loraplus_lr_ratio is not None:
+        c.loraplus_lr_ratio = checks.number("TrainConfig.loraplus_lr_ratio", c.loraplus_lr_ratio, above=0)
 
 
 # --------------------------------------------------------------------------- one step
@@ -169,7 +172,11 @@ def train(model: GPT, train_data, eval_data=None, config: TrainConfig | None = N
     if model.num_params(trainable_only=True) == 0:
         raise ValueError("the model has no trainable parameter (everything frozen, or its adapter disabled or "
                          "deleted), so training would change nothing; unfreeze parameters or set an adapter")
-    opt = optimizer or AdamW(lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if optimizer is not None and cfg.loraplus_lr_ratio is not None:
+        raise ValueError("TrainConfig.loraplus_lr_ratio builds the optimizer, so it cannot apply to the optimizer "
+                         "you passed; give that one lr_scale=loraplus_lr_scale(ratio) instead")
+    scale = loraplus_lr_scale(cfg.loraplus_lr_ratio) if cfg.loraplus_lr_ratio is not None else None
+    opt = optimizer or AdamW(lr=cfg.lr, weight_decay=cfg.weight_decay, lr_scale=scale)
     hist = History(trainable_params=model.num_params(trainable_only=True))
     fingerprints = {}                  # what a resumed run must share with the run that saved the checkpoint
     if checkpoint_dir is not None or resume_from is not None:
