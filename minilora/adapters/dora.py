@@ -87,6 +87,7 @@ def dora_forward(x, W0, b, A, B_, m, scale, dropout_mask=None):
     Without a mask x~ = x and y = x W'^T + b: in eval the layer equals the merged one.
     V itself is needed for its norm only; the output uses x W0^T + s (x A^T) B^T, as LoRA does.
     """
+    ### BEGIN SOLUTION
     x2 = x.reshape(-1, x.shape[-1])                           # (N, d_in)
     xd = x2 if dropout_mask is None else x2 * dropout_mask.reshape(x2.shape)
     V, C = adapted_weight_and_norm(W0, A, B_, scale)          # (d_out, d_in), (d_out,)
@@ -98,6 +99,7 @@ def dora_forward(x, W0, b, A, B_, m, scale, dropout_mask=None):
         y += (x2 - xd) @ W0.T                                 # PEFT: the dropped part skips the factor
     if b is not None:
         y += b                                                # after the factor, as PEFT adds it
+    ### END SOLUTION
     cache = (x2, xd, W0, A, B_, V, C, g, u, zv, scale, dropout_mask, x.shape)
     return y.reshape(*x.shape[:-1], W0.shape[0]), cache
 
@@ -105,24 +107,26 @@ def dora_forward(x, W0, b, A, B_, m, scale, dropout_mask=None):
 def dora_backward(dy, cache, *, detach_norm=True):
     """dy (..., d_out) -> dx (..., d_in), dA (r, d_in), dB (d_out, r), dm (d_out,). No dW0.
 
-    G = dL/dW' is never formed; per row j the paper's gradients are
-        eq. 7:  dm_j = G_j . V_j / C_j                         (the same in both modes)
-        eq. 6:  dV_j = g_j (G_j - (dm_j / C_j) V_j)            (detach_norm=False: exact)
-        §4.3:   dV_j = g_j G_j                                 (detach_norm=True: C a constant)
-    and dA = s B^T dV, dB = s dV A^T, because V = W0 + s B A.
-
     detach_norm=True (default; the paper's memory trick, used in all its experiments, and PEFT's
     behaviour): C = ||V|| is treated as a constant, so A and B get the gradient of the loss with C
     held fixed, not of the true loss; the trick drops the term of eq. 6 that projects the gradient
     away from V. dm and dx are exact in both modes: C depends on neither m nor x.
-    detach_norm=False: the exact gradient of eq. 5. The extra term is -k_j V_j with
-    k = g dm / C, added to dB and dA through V A^T and B^T V, so G is still not needed. Here the
-    exact mode costs two thin products and no memory (V is cached for the norm anyway); the memory
-    the §4.3 trick saves in the paper is what autograd keeps to differentiate through the norm.
+    detach_norm=False: the exact gradient of eq. 5. Here the exact mode costs two thin products and
+    no memory (V is cached for the norm anyway); the memory the §4.3 trick saves in the paper is
+    what autograd keeps to differentiate through the norm.
     Rows with C = 0 have g = 0 (``dora_factor``): their dm and correction are 0.
     The bias gradient, if the bias trains, is dy summed over rows (the caller's, as for LoRA).
+    ### BEGIN HINT
+    G = dL/dW' is never formed; per row j the paper's gradients are
+        eq. 7:  dm_j = G_j . V_j / C_j                         (the same in both modes)
+        eq. 6:  dV_j = g_j (G_j - (dm_j / C_j) V_j)            (detach_norm=False: exact)
+        §4.3:   dV_j = g_j G_j                                 (detach_norm=True: C a constant)
+    and dA = s B^T dV, dB = s dV A^T, because V = W0 + s B A. The exact mode's extra term is
+    -k_j V_j with k = g dm / C, added to dB and dA through V A^T and B^T V, so G is still not needed.
+    ### END HINT
     """
     x2, xd, W0, A, B_, V, C, g, u, zv, scale, dropout_mask, x_shape = cache
+    ### BEGIN SOLUTION
     dy2 = dy.reshape(-1, dy.shape[-1])                        # (N, d_out)
     live = C > 0
     dm = xp.where(live, (dy2 * zv).sum(axis=0) / xp.where(live, C, 1.0), 0.0)
@@ -142,6 +146,7 @@ def dora_backward(dy, cache, *, detach_norm=True):
         k = xp.where(live, g * dm / xp.where(live, C, 1.0), 0.0)   # (d_out,)
         dB -= scale * (k[:, None] * (V @ A.T))                # s (-k V) A^T, (d_out, r)
         dA -= scale * ((B_ * k[:, None]).T @ V)               # s B^T (-k V), (r, d_in)
+    ### END SOLUTION
     return dx.reshape(x_shape), dA, dB, dm
 
 
@@ -154,8 +159,8 @@ def dora_merge(W0, A, B_, m, scale):
     norm "has to be based on the original weights" and cannot be recomputed from W'.
     ``merge_and_unload`` is this W' with the adapter dropped.
     """
-    V, C = adapted_weight_and_norm(W0, A, B_, scale)
-    return dora_factor(m, C)[:, None] * V, C
+    V, weight_norm = adapted_weight_and_norm(W0, A, B_, scale)     # (d_out, d_in), (d_out,)
+    return dora_factor(m, weight_norm)[:, None] * V, weight_norm
 
 
 def dora_unmerge(W, A, B_, m, scale, weight_norm):

@@ -150,6 +150,21 @@ STEPS: list[Step] = [
          ("subspace_similarity", "subspace_similarity_grid"),
          {"tests/test_analysis.py": ("subspace_similarity",)},
          "overlap of the right singular subspaces of two adapters", ("my_phi",), "30-45"),
+    Step(14, "dora_forward", "minilora/adapters/dora.py", "dora_forward",
+         {"tests/test_dora.py": ("test_dora_equals_base_layer_at_init", "test_magnitude_init_includes_a_nonzero_BA",
+                                 "test_dora_forward_matches_eq5", "test_dora_dropout_matches_peft_training_formula",
+                                 "test_rslora_scale_composes_with_dora"),
+          "tests/test_dora_model.py": ("test_dora_model_equals_base_model_at_init",)},
+         "W' = m (W0 + s B A) / ||W0 + s B A|| per output row, without forming W' for the output",
+         (), "20-30"),
+    Step(15, "dora_backward", "minilora/adapters/dora.py", "dora_backward",
+         {"tests/test_dora.py": ("test_exact_backward_matches_numerical_gradient_of_the_true_loss",
+                                 "test_detached_backward_gives_exact_dx_and_dm",
+                                 "test_detached_backward_gives_dA_dB_of_the_loss_with_the_norm_held_fixed",
+                                 "test_detach_changes_only_the_gradients_of_A_and_B",
+                                 "test_only_B_and_m_get_a_gradient_at_init")},
+         "eq. 6-7 by hand, and what treating ||V|| as a constant (§4.3) changes: dA and dB only",
+         (), "45-60"),
 ]
 
 # Optimised copies of graded functions (minilora.fast, the forms the training loop uses) are answers
