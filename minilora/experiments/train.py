@@ -12,6 +12,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from tqdm import tqdm  # plain tqdm, not tqdm.auto: no widget JSON in notebooks
@@ -156,7 +157,7 @@ def _batches(data, batch_size, seed):
 
 def train(model: GPT, train_data, eval_data=None, config: TrainConfig | None = None, *,
           optimizer=None, checkpoint_dir=None, resume_from=None, run_info: dict | None = None,
-          desc: str = "train") -> History:
+          on_eval: Callable | None = None, desc: str = "train") -> History:
     """Train ``model.trainable`` with AdamW (or ``optimizer``) on ``train_data``.
 
     Every ``eval_every`` steps and at the end: evaluate on ``eval_data``. With a ``checkpoint_dir``,
@@ -164,7 +165,8 @@ def train(model: GPT, train_data, eval_data=None, config: TrainConfig | None = N
     there, as one save (``minilora.experiments.resume``), never from NaN or inf weights.
     ``resume_from``: a checkpoint folder of this same run (same model, data and config): training
     continues from its step and ends where the uninterrupted run ends. ``run_info``: JSON facts
-    stored in the checkpoint (the command line keeps its options there). A NaN or inf loss stops
+    stored in the checkpoint (the command line keeps its options there). ``on_eval(model, step)`` is
+    called at the same points as the evaluation (an analysis that reads the weights during training). A NaN or inf loss stops
     training before the bad update is applied and raises NonFiniteLossError naming the last good checkpoint.
     """
     cfg = config or TrainConfig()
@@ -217,6 +219,8 @@ def train(model: GPT, train_data, eval_data=None, config: TrainConfig | None = N
             last = step == cfg.steps - 1
             if eval_data is not None and ((step + 1) % cfg.eval_every == 0 or last):
                 hist.evals.append({"step": step + 1, **_evaluate_any(model, eval_data)})
+            if on_eval is not None and ((step + 1) % cfg.eval_every == 0 or last):
+                on_eval(model, step + 1)
             if checkpoint_dir is not None and ((step + 1) % save_every == 0 or last):
                 _save_checkpoint(model, opt, step + 1, cfg, hist, fingerprints, Path(checkpoint_dir), run_info)
         bar.close()
