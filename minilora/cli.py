@@ -9,6 +9,7 @@
     minilora import-hf HF_DIR --out DIR    a Hugging Face GPT-2 as a minilora model
     minilora finetune --hf HF_DIR --text FILE   LoRA on a real GPT-2 with its BPE tokenizer
     minilora analyze                   the rank analyses of Hu et al. 2021, §7 (report + plots)
+    minilora family                    LoRA, DoRA, rsLoRA, LoRA+, PiSSA and full on one budget (table + plots)
     minilora exercises make|grade      classroom exercises from the library's own code
 """
 from __future__ import annotations
@@ -195,6 +196,30 @@ def _analyze(args):
     run_analysis(args.out, task=args.task, quick=args.quick)
 
 
+def _add_family(sub):
+    p = sub.add_parser("family", help="LoRA, DoRA, rsLoRA, LoRA+, PiSSA and full fine-tuning on one budget")
+    p.add_argument("--out", default="reports/family", help="folder for family.json/.md/.png (resumes its runs)")
+    p.add_argument("--tasks", nargs="+", default=["shift"], help="downstream tasks (shift rotate palindrome)")
+    p.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 8])
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per cell (>= 3 for a spread)")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="default: lora dora rslora loraplus pissa full; dora_exact adds DoRA without the §4.3 detach")
+    p.add_argument("--steps", type=int, default=None, help="steps per run (default: 400)")
+    p.add_argument("--decomposition", action="store_true",
+                   help="also DoRA's magnitude/direction analysis (Liu et al. 2024, Fig. 2)")
+    p.add_argument("--quick", action="store_true", help="a 4-step smoke run: checks the plumbing, numbers mean nothing")
+    p.set_defaults(func=_family)
+
+
+def _family(args):
+    from minilora.experiments import family
+
+    budget = family.quick_budget() if args.quick else ({"steps": args.steps} if args.steps else None)
+    names = tuple(args.methods) if args.methods else family.DEFAULT
+    family.run_family_report(args.out, tasks=args.tasks, seeds=range(args.seeds), ranks=args.ranks, names=names,
+                             budget=budget, decomposition=args.decomposition)
+
+
 def _add_exercises(sub):
     p = sub.add_parser("exercises", help="make or grade classroom exercises (see docs/teachers.md)",
                        add_help=False)
@@ -212,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minilora", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_demo, _add_pretrain, _add_finetune, _add_merge, _add_analyze, _add_exercises):
+    for add in (_add_demo, _add_pretrain, _add_finetune, _add_merge, _add_analyze, _add_family, _add_exercises):
         add(sub)
     for add in (cli_interop.add_generate, cli_interop.add_export, cli_interop.add_import_hf):
         add(sub)
