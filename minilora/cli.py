@@ -207,6 +207,8 @@ def _add_family(sub):
     p.add_argument("--steps", type=int, default=None, help="steps per run (default: 400)")
     p.add_argument("--decomposition", action="store_true",
                    help="also DoRA's magnitude/direction analysis (Liu et al. 2024, Fig. 2)")
+    p.add_argument("--combination", action="store_true",
+                   help="also add two task adapters (cat, linear, svd) and score what each task keeps")
     p.add_argument("--quick", action="store_true", help="a 4-step smoke run: checks the plumbing, numbers mean nothing")
     p.set_defaults(func=_family)
 
@@ -217,7 +219,7 @@ def _family(args):
     budget = family.quick_budget() if args.quick else ({"steps": args.steps} if args.steps else None)
     names = tuple(args.methods) if args.methods else family.DEFAULT
     family.run_family_report(args.out, tasks=args.tasks, seeds=range(args.seeds), ranks=args.ranks, names=names,
-                             budget=budget, decomposition=args.decomposition)
+                             budget=budget, decomposition=args.decomposition, combination=args.combination)
 
 
 def _add_exercises(sub):

@@ -216,9 +216,11 @@ def quick_budget() -> dict:
 
 # --------------------------------------------------------------------------- the command
 def run_family_report(out_dir, *, tasks=("shift",), seeds=(0, 1, 2), ranks=(1, 2, 8), names=DEFAULT,
-                      budget: dict | None = None, decomposition: bool = False, log=print) -> dict:
+                      budget: dict | None = None, decomposition: bool = False, combination: bool = False,
+                      log=print) -> dict:
     """``minilora family``: run (or resume) the comparison and write family.json, family.md, family.png;
-    with ``decomposition`` also DoRA's Delta M / Delta D study (decomposition.json, decomposition.png)."""
+    with ``decomposition`` also DoRA's Delta M / Delta D study (decomposition.json, decomposition.png),
+    with ``combination`` the two-task adapter combination demo (combination.json, combination.md)."""
     from pathlib import Path
 
     from minilora import io
@@ -245,4 +247,11 @@ def run_family_report(out_dir, *, tasks=("shift",), seeds=(0, 1, 2), ranks=(1, 2
         study = decomposition_study.run_study(cfg, log=log)
         io.write_json(out / "decomposition.json", study)
         decomposition_study.plot_study(study, out / "decomposition.png")
+    if combination:
+        from minilora.experiments import combination_demo
+
+        small = {k: budget[k] for k in ("steps", "n_train", "n_test") if budget and k in budget}
+        demo = combination_demo.run_combination_demo(seeds=tuple(seeds), log=log, **small)
+        io.write_json(out / "combination.json", demo)
+        io.write_text(out / "combination.md", combination_demo.table(demo) + "\n")
     return results
