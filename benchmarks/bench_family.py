@@ -27,7 +27,8 @@ import numpy as np  # noqa: E402
 
 import common  # noqa: E402
 from bench_latency import interleaved_times  # noqa: E402
-from bench_train import LORA_R, LORA_TARGETS, LR, SHORT, WEIGHT_DECAY, as_trained, gpt_config, random_batch  # noqa: E402
+from bench_train import (LORA_R, LORA_TARGETS, LR, SHORT, WEIGHT_DECAY, as_trained, gpt_config,  # noqa: E402
+                         random_batch)
 from minilora.adapters.config import LoraConfig  # noqa: E402
 from minilora.adapters.lora_model import LoraModel  # noqa: E402
 from minilora.experiments.train import to_backend  # noqa: E402

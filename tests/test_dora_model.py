@@ -102,7 +102,8 @@ def fixed_norm_loss(lm, batch):
     for module, spec in specs.items():
         if spec.kind == "dora":
             t = {role: lm.params[p] for role, p in spec.tensors.items()}
-            lm.params[f"{module}.fixed_norm"] = row_norms(t["weight"] + spec.options["scale"] * t["lora_B"] @ t["lora_A"])
+            V = t["weight"] + spec.options["scale"] * t["lora_B"] @ t["lora_A"]
+            lm.params[f"{module}.fixed_norm"] = row_norms(V)
             lm.model.linears[module] = LinearSpec(FIXED.name, {**spec.tensors, "fixed_norm": f"{module}.fixed_norm"},
                                                   spec.options)
 
@@ -242,7 +243,7 @@ def test_peft_dora_adapter_reproduces_peft_logits_through_lora_model():
 
 # --------------------------------------------------------------------------- rsLoRA
 def test_rslora_composes_with_dora(rng):
-    """use_rslora with use_dora: scale alpha / sqrt(r) in the DoRA layers, and the same model as alpha' = alpha sqrt(r)."""
+    """use_rslora with use_dora: scale alpha / sqrt(r) in the DoRA layers; the same model as alpha' = alpha sqrt(r)."""
     r, alpha = 4, 3.0
     rs = trained_dora(rng, r=r, lora_alpha=alpha, use_rslora=True)
     plain = twin(rs, use_rslora=False, lora_alpha=alpha * r ** 0.5)
@@ -271,7 +272,8 @@ def test_dora_kind_with_lora_config_scale_reproduces_peft_layers(case, rslora):
     from interop_fixtures import FIXTURES
 
     files = load_file(str(FIXTURES / "peft_dora" / "dora.safetensors"))
-    scale = resolve_targets(tiny_float64_base(), LoraConfig(r=3, lora_alpha=5, use_rslora=rslora))["blocks.0.attn.wq"][1]
+    targets = resolve_targets(tiny_float64_base(), LoraConfig(r=3, lora_alpha=5, use_rslora=rslora))
+    scale = targets["blocks.0.attn.wq"][1]
     kind = get_kind("dora")
     for name in ("blocks.0.attn.wq", "blocks.0.mlp.fc", "blocks.0.mlp.proj"):
         t = {k.split("/")[-1]: v for k, v in files.items() if k.startswith(f"{case}/{name}/")}

@@ -47,7 +47,8 @@ def test_summary_pairs_each_run_with_lora_of_the_same_rank_and_seed():
     """Step time ratio per seed against LoRA at the same r; accuracy mean +- sd; a clear gap gets a verdict."""
     methods = family.family_methods((2,), ("lora", "dora"))
     runs = [record("lora r=2", "lora", 2, s, a, ms) for s, a, ms in ((0, 0.50, 10.0), (1, 0.52, 20.0), (2, 0.51, 10.0))]
-    runs += [record("dora r=2", "dora", 2, s, a, ms) for s, a, ms in ((0, 0.90, 12.0), (1, 0.91, 22.0), (2, 0.92, 11.0))]
+    runs += [record("dora r=2", "dora", 2, s, a, ms)
+             for s, a, ms in ((0, 0.90, 12.0), (1, 0.91, 22.0), (2, 0.92, 11.0))]
     rows = {r["method"]: r for r in family.summary_rows({"methods": methods, "runs": runs})}
     dora = rows["dora r=2"]
     assert dora["ms_vs_lora"][0] == pytest.approx((1.2 + 1.1 + 1.1) / 3), dora["ms_vs_lora"]

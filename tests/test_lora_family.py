@@ -1,4 +1,4 @@
-"""Specification of LoRA's successors in a model: PiSSA/OLoRA, their conversion, LoRA-FA, LoRA+, add_weighted_adapter."""
+"""Specification of LoRA's successors in a model: PiSSA/OLoRA and their conversion, LoRA-FA, LoRA+, combining."""
 import numpy as np
 import pytest
 
@@ -93,7 +93,8 @@ def test_pissa_and_olora_backward_match_numerical_gradient(rng, init, dora):
         check_gradient(loss, lm.params[name], grads[name], name=name, max_entries=8, atol=0.0)
 
 
-@pytest.mark.parametrize("init, dora, rslora", [("pissa", False, False), ("olora", False, True), ("pissa", True, False)])
+@pytest.mark.parametrize("init, dora, rslora", [("pissa", False, False), ("olora", False, True),
+                                                ("pissa", True, False)])
 def test_converted_plain_lora_reproduces_the_trained_logits(rng, init, dora, rslora):
     """convert_to_plain_lora: rank 2r on the original W0, same scale, same logits as the trained adapter."""
     base = tiny_float64_base()
