@@ -17,7 +17,8 @@ def test_family_methods_are_configs_of_lora_plus_full():
     assert methods["rslora r=8"]["config"]["use_rslora"]
     assert methods["pissa r=8"]["config"]["init_lora_weights"] == "pissa"
     assert methods["loraplus r=8"]["train"] == {"loraplus_lr_ratio": family.LORAPLUS_RATIO}
-    assert {m["lr"] for n, m in methods.items() if n != "full"} == {family.LR["lora"]}, "one lr for the family"
+    assert {m["lr"] for n, m in methods.items() if m["family"] not in ("full", "loraplus")} == {family.LR["lora"]}
+    assert methods["loraplus r=1"]["lr"] * family.LORAPLUS_RATIO == family.LR["lora"], "LoRA+'s B at LoRA's lr"
     with pytest.raises(ValueError, match="unknown methods"):
         family.family_methods((1,), ("lora", "vera"))
 
