@@ -285,3 +285,30 @@ def test_dora_kind_with_lora_config_scale_reproduces_peft_layers(case, rslora):
         got = {"y": y, "dx": dx, "dA": grads["lora_A"], "dB": grads["lora_B"], "dm": grads["lora_magnitude"]}
         errors = {k: float(np.abs(v - t[k]).max() / np.abs(t[k]).max()) for k, v in got.items()}
         assert max(errors.values()) < 1e-12, f"{case} {name}: relative errors against PEFT {errors}"
+
+
+# --------------------------------------------------------------------------- the real PEFT
+@pytest.mark.reference
+def test_peft_loads_minilora_dora_adapter_to_the_same_logits(tmp_path):
+    """A trained minilora DoRA adapter, written for PEFT, loads in PeftModel without a warning and gives our logits."""
+    from interop_fixtures import HF_TINY, no_warnings_or_log_records, torch_mirror
+    from minilora.interop.hf_gpt2 import read_hf_gpt2
+
+    torch_gpt = torch_mirror()
+    torch = pytest.importorskip("torch")
+    peft = pytest.importorskip("peft")
+    rng = np.random.default_rng(0)
+    config = LoraConfig(r=2, lora_alpha=4, target_modules=("wq", "wv", "fc"), use_dora=True, use_rslora=True)
+    lm = LoraModel(GPT(*read_hf_gpt2(HF_TINY, dtype=np.float32)), config)
+    for name, value in lm.adapter_state().items():           # as after training: B != 0, m != ||V||
+        value += (0.3 * rng.standard_normal(value.shape)).astype(value.dtype)
+    with lm.disable_adapter():
+        base = {k: lm.model.params[k].copy() for k in lm.model.own_param_names()}
+    lm.save_adapter(tmp_path)                                   # minilora's adapter folder is PEFT's
+    with no_warnings_or_log_records("peft", "transformers"):
+        model = peft.PeftModel.from_pretrained(torch_gpt.from_minilora_params(lm.config, base), tmp_path).eval()
+    idx = rng.integers(0, lm.config.vocab_size, (2, 12))
+    with torch.no_grad():
+        theirs = model(torch.from_numpy(idx)).numpy()
+    err = max_abs(lm.forward(idx)[0], theirs)
+    assert err < 1e-5, f"expected max |minilora - PEFT| < 1e-5 for DoRA, received {err:.2e}"
