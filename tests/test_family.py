@@ -63,6 +63,12 @@ def test_verdict_is_within_noise_when_the_spread_covers_the_gap():
     assert family.verdict([0.1, 0.1, 0.1], [0.9, 0.9, 0.9], "dora", "LoRA") == "dora behind LoRA"
 
 
+def test_seeds_that_agree_by_chance_still_carry_the_sampling_error():
+    """100% three times against 99.8% three times on 500 examples: sd 0 over seeds, yet within noise."""
+    assert family.verdict([1.0] * 3, [0.998] * 3, "dora", "LoRA") == "dora ahead of LoRA"
+    assert family.verdict([1.0] * 3, [0.998] * 3, "dora", "LoRA", n_test=500) == "within noise"
+
+
 @pytest.mark.slow
 def test_family_command_writes_json_table_and_plot(tmp_path, capsys):
     """`minilora family --quick` writes family.json (records), family.md (the table) and family.png."""

@@ -126,9 +126,16 @@ def mean_sd(values) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def verdict(a: list[float], b: list[float], label_a: str, label_b: str) -> str:
-    """'label_a ahead' / 'behind' when the means differ by more than 2 standard errors, else 'within noise'."""
+def verdict(a: list[float], b: list[float], label_a: str, label_b: str, n_test: int | None = None) -> str:
+    """'label_a ahead' / 'behind' when the means differ by more than 2 standard errors, else 'within noise'.
+
+    a, b: accuracies over seeds. With ``n_test`` each seed's sd is at least the binomial sampling
+    error of one accuracy on n_test examples, sqrt(max(p (1 - p), 1 / n_test) / n_test): three
+    seeds can agree by chance (100%, 100%, 100%), and a 0.2-point gap is then not a finding.
+    """
     (ma, sa), (mb, sb) = mean_sd(a), mean_sd(b)
+    if n_test:
+        sa, sb = (max(sd, math.sqrt(max(p * (1 - p), 1 / n_test) / n_test)) for sd, p in ((sa, ma), (sb, mb)))
     se = math.sqrt(sa ** 2 / len(a) + sb ** 2 / len(b))
     if abs(ma - mb) <= 2 * se or ma == mb:
         return "within noise"
@@ -159,7 +166,8 @@ def summary_rows(results: dict) -> list[dict]:
                          "optimizer_bytes": sel[0]["optimizer_bytes"],
                          "ms_vs_lora": mean_sd(ratios) if ratios else None, "vs": lora_name,
                          "verdict": (verdict(acc, [lora[r["seed"]]["accuracy"] for r in paired], method["family"],
-                                             "LoRA") if method["family"] != "lora" and paired else "")})
+                                             "LoRA", results.get("budget", {}).get("n_test"))
+                                     if method["family"] != "lora" and paired else "")})
     return rows
 
 
