@@ -156,7 +156,7 @@ STEPS: list[Step] = [
                                  "test_rslora_scale_composes_with_dora"),
           "tests/test_dora_model.py": ("test_dora_model_equals_base_model_at_init",)},
          "W' = m (W0 + s B A) / ||W0 + s B A|| per output row, without forming W' for the output",
-         (), "20-30"),
+         ("my_dora_forward",), "20-30"),
     Step(15, "dora_backward", "minilora/adapters/dora.py", "dora_backward",
          {"tests/test_dora.py": ("test_exact_backward_matches_numerical_gradient_of_the_true_loss",
                                  "test_detached_backward_gives_exact_dx_and_dm",
@@ -164,7 +164,7 @@ STEPS: list[Step] = [
                                  "test_detach_changes_only_the_gradients_of_A_and_B",
                                  "test_only_B_and_m_get_a_gradient_at_init")},
          "eq. 6-7 by hand, and what treating ||V|| as a constant (§4.3) changes: dA and dB only",
-         (), "45-60"),
+         ("my_dora_backward",), "45-60"),
 ]
 
 # Optimised copies of graded functions (minilora.fast, the forms the training loop uses) are answers
