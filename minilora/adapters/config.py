@@ -62,15 +62,16 @@ class LoraConfig:
         _check_fields(self)                          # again: a field set after construction is checked too
         tensors, specs = {}, {}
         for k, (name, (r, scale)) in enumerate(resolve_targets(model, self).items()):
-            d_out, d_in = model.params[name + ".weight"].shape
+            d_out, d_in = model.weight_shape(name)
             # One generator per (seed, r, module): an r = 8 A is not the first 8 rows of an r = 64 A,
             # which would make the two adapters share directions before any training (§7.2 compares them).
             A, B_ = init_lora_pair(d_out, d_in, r, init=self.init_lora_weights, std=self.init_std,
                                    rng=backend.rng([self.seed, r, k]), dtype=model.dtype)
             a_key, b_key = f"{name}.lora_A.weight", f"{name}.lora_B.weight"
             tensors[a_key], tensors[b_key] = A, B_
-            specs[name] = LinearSpec("lora", {**base_linears[name].tensors, "lora_A": a_key, "lora_B": b_key},
-                                     {"scale": scale, "dropout": self.lora_dropout})
+            base = base_linears[name]                         # a 4-bit base's options say how to dequantize W0
+            specs[name] = LinearSpec("lora", {**base.tensors, "lora_A": a_key, "lora_B": b_key},
+                                     {**base.options, "scale": scale, "dropout": self.lora_dropout})
         saved = []                                            # modules_to_save: the host adds those
         if self.bias == "all":                                # PEFT: every parameter named "bias"
             saved = [p for p in model.own_param_names() if p.endswith(".bias")]
@@ -134,7 +135,7 @@ def resolve_targets(model: GPT, config: LoraConfig) -> dict[str, tuple[int, floa
                          f"{names[:6]}{' ...' if len(names) > 6 else ''}")
     out = {}
     for name in names:
-        d_out, d_in = model.params[name + ".weight"].shape
+        d_out, d_in = model.weight_shape(name)
         # PEFT's rule: the FIRST key (in the dict's order) that matches the end of the name wins
         r = int(patterns.pattern_value(config.rank_pattern, name, config.r))
         if not 1 <= r <= min(d_out, d_in):
@@ -161,4 +162,4 @@ def expected_trainable_count(config: LoraConfig, n_layer: int, d_model: int) -> 
 
 def lora_param_count(model: GPT, config: LoraConfig) -> int:
     """Trainable LoRA parameters for any targets: sum over adapted W0 (d_out, d_in) of r (d_in + d_out)."""
-    return sum(r * sum(model.params[name + ".weight"].shape) for name, (r, _) in resolve_targets(model, config).items())
+    return sum(r * sum(model.weight_shape(name)) for name, (r, _) in resolve_targets(model, config).items())
