@@ -6,8 +6,13 @@ an update much smaller than a quantization level is lost, one much larger is kep
 import numpy as np
 import pytest
 
-from minilora.adapters.qmerge import merge_into_4bit, update_survival
+from minilora.adapters.qmerge import merge_into_4bit, update_survival, update_survival_by_module
+from minilora.adapters.config import LoraConfig
+from minilora.adapters.lora_model import LoraModel
+from minilora.adapters.qbase import quantize_base
 from minilora.adapters.quant_tensor import QuantizedTensor, quantize
+
+from helpers import randomize, tiny_float64_base
 
 
 def weight_and_update(size, seed=0, shape=(64, 128)):
@@ -60,3 +65,15 @@ def test_a_zero_update_is_refused():
     qw, delta = weight_and_update(0.1)
     with pytest.raises(ValueError, match="update is zero"):
         update_survival(qw, 0 * delta)
+
+
+def test_each_adapted_layer_of_a_qlora_model_gets_its_survival_measured(rng):
+    """update_survival_by_module reports every adapted module, its update being s B A (relative size > 0)."""
+    lm = LoraModel(quantize_base(tiny_float64_base(dtype=np.float32)), LoraConfig(r=2, target_modules=("wq", "fc")))
+    randomize(lm, ".lora_B.", rng)
+    stats = update_survival_by_module(lm)
+    assert sorted(stats) == ["blocks.0.attn.wq", "blocks.0.mlp.fc", "blocks.1.attn.wq", "blocks.1.mlp.fc"], sorted(stats)
+    A, B_, s = lm.lora_factors("blocks.0.attn.wq")
+    expected = np.linalg.norm(s * (B_ @ A)) / np.linalg.norm(lm.merge_and_unload().params["blocks.0.attn.wq.weight"]
+                                                             - s * (B_ @ A))
+    assert stats["blocks.0.attn.wq"]["relative_size"] == pytest.approx(expected, rel=1e-4), stats["blocks.0.attn.wq"]

@@ -85,6 +85,16 @@ def merged_float_weights(host) -> dict:
     return out
 
 
+def update_survival_by_module(host) -> dict:
+    """Module -> ``update_survival`` of the active adapter's update s B A into that module's 4-bit W0."""
+    quantized = quantized_weights(host.model, host.base_linears)
+    out = {}
+    for module, W in merged_float_weights(host).items():
+        W0 = quantized[module].dequantize(W.dtype)
+        out[module] = update_survival(quantized[module], W - W0)             # the update: W - dequant(W0)
+    return out
+
+
 def merge_and_unload_4bit(host, *, requantize: bool = False) -> GPT:
     """``AdaptedModel.merge_and_unload`` on a 4-bit base: a float32 GPT, or with ``requantize`` a 4-bit one.
 

@@ -13,7 +13,8 @@ the base's storage, and their accuracies can be compared seed by seed (paired di
 Measured per run: exact-match accuracy and loss on held-out examples, ms per training step (on a
 machine shared with other work: the benchmark ``benchmarks/bench_qlora.py`` gives the steadier
 ratio), trainable parameters, and the bytes the base's weights take as stored (its block linears
-alone and the whole base).
+alone and the whole base). For QLoRA runs also the merge drift (``merge_drift``): the accuracy
+after merging into float32 weights and after merging into 4-bit weights again.
 """
 from __future__ import annotations
 
@@ -23,8 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from minilora import io
+from minilora.adapters.qmerge import update_survival_by_module
+from minilora.data.datasets import make_splits
 from minilora.experiments.finetune import default_train_config, finetune
 from minilora.experiments.pretrain import load_base
+from minilora.experiments.train import evaluate
 
 METHODS = ("full", "lora", "qlora")
 
@@ -50,12 +54,31 @@ def run_comparison(tasks=("shift", "rotate"), seeds=(0, 1, 2), methods=METHODS, 
                     cfg.steps, cfg.eval_every = steps, steps
                 cfg.seed, cfg.progress = seed, False
                 res = finetune(task, method, base=base, train_config=cfg, n_train=n_train, n_test=n_test, seed=seed)
-                rows.append({"task": task, "method": method, "seed": seed, "accuracy": res.accuracy,
-                             "loss": res.loss, "ms_per_step": res.ms_per_step,
-                             "trainable_params": res.trainable_params, "n_test": n_test, **base_bytes(res.model)})
+                row = {"task": task, "method": method, "seed": seed, "accuracy": res.accuracy, "loss": res.loss,
+                       "ms_per_step": res.ms_per_step, "trainable_params": res.trainable_params, "n_test": n_test,
+                       **base_bytes(res.model)}
+                if method == "qlora":
+                    _, test = make_splits(task, n_train, n_test, seed=seed, block_size=base.config.block_size)
+                    row.update(merge_drift(res.model, test))
+                rows.append(row)
                 log(f"{task} {method} seed {seed}: accuracy {100 * res.accuracy:.1f}%, "
                     f"{res.ms_per_step:.0f} ms/step")
     return rows
+
+
+def merge_drift(model, test_data) -> dict:
+    """A trained QLoRA model merged two ways: into float32 weights and into 4-bit weights again.
+
+    Returns the test accuracy of each merged model and, over the adapted layers, the mean share of
+    the update a 4-bit merge keeps (``qmerge.update_survival``: kept_fraction, error) and the mean
+    size of the update relative to W0.
+    """
+    stats = list(update_survival_by_module(model).values())
+    mean = lambda key: float(np.mean([s[key] for s in stats]))  # noqa: E731
+    return {"merged_float_accuracy": evaluate(model.merge_and_unload(), test_data)["accuracy"],
+            "merged_4bit_accuracy": evaluate(model.merge_and_unload(requantize=True), test_data)["accuracy"],
+            "update_kept_fraction": mean("kept_fraction"), "update_error": mean("error"),
+            "update_codes_kept": mean("codes_kept"), "update_relative_size": mean("relative_size")}
 
 
 def summarize(rows: list[dict], reference: str = "lora") -> list[dict]:
