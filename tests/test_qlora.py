@@ -153,7 +153,7 @@ def test_training_a_copy_of_a_4bit_layer_is_refused():
 
 # --------------------------------------------------------------------------- files and reports
 def test_a_qlora_adapter_loads_onto_the_same_4bit_base_and_not_onto_the_float_one(rng, tmp_path):
-    """The adapter file records the 4-bit base's fingerprint: it loads there exactly and is refused on the float base."""
+    """The file records the 4-bit base's fingerprint: it loads there exactly and is refused on the float base."""
     lm = qlora(LoraConfig(r=2, target_modules=["wq", "wv"]))
     randomize(lm, ".lora_B.", rng)
     idx = rng.integers(0, 13, (2, 6))

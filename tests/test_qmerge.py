@@ -72,7 +72,8 @@ def test_each_adapted_layer_of_a_qlora_model_gets_its_survival_measured(rng):
     lm = LoraModel(quantize_base(tiny_float64_base(dtype=np.float32)), LoraConfig(r=2, target_modules=("wq", "fc")))
     randomize(lm, ".lora_B.", rng)
     stats = update_survival_by_module(lm)
-    assert sorted(stats) == ["blocks.0.attn.wq", "blocks.0.mlp.fc", "blocks.1.attn.wq", "blocks.1.mlp.fc"], sorted(stats)
+    expected = ["blocks.0.attn.wq", "blocks.0.mlp.fc", "blocks.1.attn.wq", "blocks.1.mlp.fc"]
+    assert sorted(stats) == expected, sorted(stats)
     A, B_, s = lm.lora_factors("blocks.0.attn.wq")
     expected = np.linalg.norm(s * (B_ @ A)) / np.linalg.norm(lm.merge_and_unload().params["blocks.0.attn.wq.weight"]
                                                              - s * (B_ @ A))

@@ -94,7 +94,7 @@ def test_quantize_blockwise_drops_the_padding_of_a_partial_block():
 
 
 def test_dequantize_blockwise_multiplies_each_code_by_its_block_scale():
-    """Codes [0, 15 | 7, 9] with scales [2, 0.5] in blocks of 2 give [2 code[0], 2 code[15], 0.5 code[7], 0.5 code[9]]."""
+    """Codes [0, 15 | 7, 9], scales [2, 0.5], blocks of 2: [2 code[0], 2 code[15], 0.5 code[7], 0.5 code[9]]."""
     code = code_for("nf4")
     idx = np.array([0, 15, 7, 9], dtype=np.uint8)
     x_hat = q.dequantize_blockwise(idx, np.array([2.0, 0.5], dtype=np.float32), code, 2)

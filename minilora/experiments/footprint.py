@@ -22,7 +22,6 @@ Shapes: B batch, T time, C channels, NH heads, L layers, V vocabulary, N = B T t
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -174,7 +173,7 @@ def measure_step(model, batch: dict) -> dict:
     With the fast kernels, as the training loop runs. The model is not changed: AdamW updates
     copies of the trainable weights.
     """
-    with fast.use_kernels(model) if hasattr(model, "kernels") else contextlib.nullcontext():
+    with fast.use_kernels(model):
         _, _, caches = forward_loss(model, batch, training=True)
         activations = cache_bytes(caches, exclude=list(model.params.values()) + list(batch.values()))
         del caches
