@@ -1,7 +1,7 @@
 """LoRA vs QLoRA vs full fine-tuning on the downstream tasks, over seeds: accuracy, base bytes, step time.
 
     python benchmarks/compare_qlora.py                                  # shift and rotate, seeds 0 1 2
-    python benchmarks/compare_qlora.py --methods qlora --append         # add methods to the saved rows
+    python benchmarks/compare_qlora.py --methods qdora --append         # add methods (or seeds) to the saved rows
 
 Writes benchmarks/results/qlora_compare.json (rows, summary, settings), which notebook 08 reads.
 Each run is ``minilora.experiments.finetune``'s recipe (400 steps); about 2.5 minutes per run on 2
@@ -28,15 +28,18 @@ def main(argv=None):
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--methods", nargs="+", default=list(qlora_compare.METHODS))
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps (default: finetune's recipe)")
-    ap.add_argument("--append", action="store_true", help="keep the saved rows of other methods")
+    ap.add_argument("--append", action="store_true", help="keep the saved rows of other (task, method, seed) runs")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
     rows = qlora_compare.run_comparison(args.tasks, args.seeds, args.methods, steps=args.steps)
     settings = {"tasks": args.tasks, "seeds": args.seeds, "steps": args.steps or "finetune recipe",
                 "environment": common.environment()}
     if args.append and args.out.exists():
-        kept = [r for r in qlora_compare.load(args.out)["rows"] if r["method"] not in args.methods]
-        rows = kept + rows
+        saved = qlora_compare.load(args.out)
+        done = {(r["task"], r["method"], r["seed"]) for r in rows}
+        rows = [r for r in saved["rows"] if (r["task"], r["method"], r["seed"]) not in done] + rows
+        settings["seeds"] = sorted({r["seed"] for r in rows})
+        settings["tasks"] = list(dict.fromkeys(r["task"] for r in rows))
     qlora_compare.save(args.out, rows, settings)
     for row in qlora_compare.summarize(rows):
         print(f"{row['task']:>8} {row['method']:>6}: {100 * row['mean']:.1f} +- {100 * row['sd']:.1f} % "
