@@ -8,6 +8,7 @@ import pytest
 
 from minilora import io
 from minilora.adapters import qlinear
+from minilora.adapters.bottleneck import AdapterConfig, AdapterModel
 from minilora.adapters.config import LoraConfig
 from minilora.adapters.lora_model import LoraModel
 from minilora.adapters.qbase import quantization_config, quantize_base
@@ -172,3 +173,22 @@ def test_trainable_report_counts_the_4bit_base_by_its_weights():
     expected = LoraModel(tiny_float64_base(), config).trainable_report()
     received = qlora(config).trainable_report()
     assert received == expected, f"expected {expected}, got {received}"
+
+
+def test_bottleneck_adapters_on_a_4bit_base_match_numerical_gradients(rng):
+    """The bottleneck kind reads its W0 the same way: equal to the 4-bit base at init, gradients exact (float64)."""
+    base = quantize_base(tiny_float64_base())
+    idx = rng.integers(0, 13, (2, 6))
+    expected, _ = base.forward(idx)
+    model = AdapterModel(base, AdapterConfig(variant="houlsby", bottleneck=3))
+    assert np.array_equal(model.forward(idx)[0], expected), "the adapted 4-bit model differs from its base at init"
+    randomize(model, ".adapter_up.", rng)
+    batch = lm_batch(rng)
+    _, grads = loss_and_grads(model, batch)
+
+    def loss():
+        return cross_entropy_forward(model.forward(batch["x"])[0], batch["y"], batch["mask"])[0]
+
+    assert set(grads) == model.trainable, f"gradients for {sorted(set(grads) ^ model.trainable)}"
+    for name in sorted(grads):
+        check_gradient(loss, model.params[name], grads[name], name=name, max_entries=10)
