@@ -15,7 +15,9 @@ All steps are built in one process and timed in interleaved rounds (``bench_late
 every round runs every step, in rotating order), so a slow spell of a shared machine falls on all
 of them; the ratio is the median over rounds of QLoRA time / LoRA time in the same round. The
 dequantization share is measured in separate rounds of the QLoRA step with the dequantizer wrapped
-in a timer: the seconds inside it / the step's seconds, median over rounds.
+in a timer: the seconds inside it, summed over the worker threads, / (workers x the step's
+seconds), median over rounds. With 2 workers each shard dequantizes every weight for itself, so a
+step makes twice the dequantizations of a 1-worker step.
 
 Results: benchmarks/results/qlora_step_<backend>.json and .png.
 """
@@ -115,7 +117,8 @@ def measure(name: str, *, workers: int, rounds: int, warmup: int, seed: int) -> 
             backend.synchronize()
         finally:
             qlinear.dequantize_fast = FAST_DEQUANT
-        shares.append(timer.seconds / (time.perf_counter() - t0))
+        # seconds inside the dequantizer, summed over the worker threads, per thread-second of the step
+        shares.append(timer.seconds / (workers * (time.perf_counter() - t0)))
         calls = timer.calls
     config, B, T = gpt_config(name)
     lora_bytes, qlora_bytes = frozen_bytes(models["lora"].model), frozen_bytes(models["qlora"].model)
@@ -182,7 +185,7 @@ def main(argv=None):
     print()
     print(common.format_table(rows, COLUMNS))
     print(f"\nQLoRA/LoRA: median over {args.rounds} interleaved rounds of the per-round ratio (quartiles q25-q75); "
-          f"target <= {TARGET}. dequant share: seconds in the dequantizer / QLoRA step seconds.")
+          f"target <= {TARGET}. dequant share: seconds in the dequantizer / (workers x QLoRA step seconds).")
     common.print_conditions(env, load_before)
     common.save_results(args.out, f"qlora_step_{args.backend}", args, {"environment": env, "results": rows,
                                                                       "target": TARGET, "configs": CONFIGS},
