@@ -8,7 +8,7 @@ import pytest
 
 from minilora.adapters.qlinear import (Held4bit, from_storage, frozen_weight, hold_4bit, qlinear_backward,
                                        qlinear_forward, quant_options, reload_4bit, storage_tensors)
-from minilora.adapters.quant_tensor import QuantizedTensor, quantize
+from minilora.adapters.quant_tensor import quantize
 from minilora.nn.gradcheck import check_layer
 from minilora.nn.layers import linear_backward, linear_forward
 from minilora.nn.linears import get_kind

@@ -15,8 +15,10 @@ what QLoRA removes on top is most of the frozen weights' own bytes: 4.127 bits i
 
 ``measure_step`` counts the real arrays of one training step; ``estimate`` gives the same parts
 from the model's shape alone (tests/test_footprint.py checks the two agree byte for byte), so it
-extrapolates to 7B and 65B models (``footprint_report.extrapolate``). The part names are those of
-minilora's full-vs-LoRA accounting, so the two can merge into one module.
+extrapolates to 7B and 65B models (``footprint_report.extrapolate``). A method is a way of
+building the model (``build``) plus its terms in the formula; DoRA and QDoRA add a trainable
+magnitude per output row (``weight_parts`` already counts it for methods named "dora"/"qdora") and
+their own activations, once their layer kind is in the package.
 
 Shapes: B batch, T time, C channels, NH heads, L layers, V vocabulary, N = B T tokens, r rank.
 """
