@@ -72,7 +72,8 @@ def _add_finetune(sub):
     p = sub.add_parser("finetune", help="fine-tune the base on a task with LoRA or fully")
     p.add_argument("--task", default="shift", help="shift | rotate | palindrome (ignored with --text)")
     p.add_argument("--text", default=None, help="fine-tune on this plain-text file instead")
-    p.add_argument("--method", default="lora", choices=["lora", "full"])
+    p.add_argument("--method", default="lora", choices=["lora", "qlora", "full"],
+                   help="qlora: LoRA on the base stored in 4 bits (NF4, double quantization)")
     p.add_argument("--base", default=None, help="base model folder (default: the shipped base)")
     p.add_argument("--r", type=int, default=None, help="LoRA rank (default: the library's, see below)")
     p.add_argument("--alpha", type=float, default=None,
@@ -122,7 +123,7 @@ def _finetune(args):
     print(f"{res.method} on {res.task}: accuracy {100 * res.accuracy:.2f}%, loss {res.loss:.4f}, "
           f"{res.trainable_params:,} trainable params, {res.ms_per_step:.1f} ms/step")
     if args.out:
-        if args.method == "lora":
+        if args.method != "full":            # a QLoRA adapter loads onto quantize_base(the same base)
             res.model.save_adapter(args.out)
         else:
             checkpoint.save_model(res.model, args.out, extra={"task": res.task})

@@ -82,8 +82,12 @@ class LoraConfig:
         _check_fields(self)                          # again: a field set after construction is checked too
         tensors, specs, saved, frozen = {}, {}, [], set()
         for k, (name, (r, scale)) in enumerate(resolve_targets(model, self).items()):
-            W = model.params[name + ".weight"]
-            d_out, d_in = W.shape
+            d_out, d_in = model.weight_shape(name)
+            base = base_linears[name]                         # a 4-bit base's options say how to dequantize W0
+            W = model.params.get(name + ".weight")            # None on a 4-bit base (its parts hold W0)
+            if W is None and (self.use_dora or self.init_lora_weights in WEIGHT_INITS):
+                raise ValueError(f"{name} is stored in 4 bits: DoRA's magnitude and PiSSA/OLoRA's factors need "
+                                 f"the float weight; quantize after building them, or use plain LoRA (QLoRA)")
             a_key, b_key = f"{name}.lora_A.weight", f"{name}.lora_B.weight"
             if self.init_lora_weights in WEIGHT_INITS:
                 A, B_, W = initial_factors(self.init_lora_weights, W, r, scale)
@@ -98,8 +102,8 @@ class LoraConfig:
             tensors[a_key], tensors[b_key] = A, B_
             if self.lora_fa:
                 frozen.add(a_key)
-            roles = {**base_linears[name].tensors, "lora_A": a_key, "lora_B": b_key}
-            options = {"scale": scale, "dropout": self.lora_dropout}
+            roles = {**base.tensors, "lora_A": a_key, "lora_B": b_key}
+            options = {**base.options, "scale": scale, "dropout": self.lora_dropout}
             if self.use_dora:
                 m_key = f"{name}.{MAGNITUDE}"
                 tensors[m_key] = dora_magnitude_init(W, A, B_, scale)     # (d_out,): ||W + s B A|| row-wise
@@ -180,7 +184,7 @@ def resolve_targets(model: GPT, config: LoraConfig) -> dict[str, tuple[int, floa
                          f"{names[:6]}{' ...' if len(names) > 6 else ''}")
     out = {}
     for name in names:
-        d_out, d_in = model.params[name + ".weight"].shape
+        d_out, d_in = model.weight_shape(name)
         # PEFT's rule: the FIRST key (in the dict's order) that matches the end of the name wins
         r = int(patterns.pattern_value(config.rank_pattern, name, config.r))
         if not 1 <= r <= min(d_out, d_in):
@@ -207,4 +211,4 @@ def expected_trainable_count(config: LoraConfig, n_layer: int, d_model: int) -> 
 
 def lora_param_count(model: GPT, config: LoraConfig) -> int:
     """Trainable LoRA parameters for any targets: sum over adapted W0 (d_out, d_in) of r (d_in + d_out)."""
-    return sum(r * sum(model.params[name + ".weight"].shape) for name, (r, _) in resolve_targets(model, config).items())
+    return sum(r * sum(model.weight_shape(name)) for name, (r, _) in resolve_targets(model, config).items())

@@ -165,6 +165,17 @@ STEPS: list[Step] = [
                                  "test_only_B_and_m_get_a_gradient_at_init")},
          "eq. 6-7 by hand, and what treating ||V|| as a constant (§4.3) changes: dA and dB only",
          ("my_dora_backward",), "45-60"),
+    Step(16, "nf4_quantize", "minilora/adapters/quant.py", "quantize_blockwise",
+         {"tests/test_quant.py": ("test_quantize_blockwise_", "test_each_block_is_scaled_by_its_own_largest_magnitude",
+                                  "test_an_odd_count_pads_with_the_code_of_zero")},
+         "QLoRA's blockwise absmax: scale each block into [-1, 1], take the nearest NF4 code", ("my_quantize_blockwise",),
+         "20-30"),
+    Step(17, "nf4_dequantize", "minilora/adapters/quant.py", "dequantize_blockwise",
+         {"tests/test_quant.py": ("test_dequantize_blockwise_", "test_the_largest_magnitude_of_each_block_is_stored",
+                                  "test_an_all_zero_block_dequantizes_to_zero",
+                                  "test_dequantize_returns_float32_products_in_the_asked_dtype")},
+         "code[i] times its block's scale: the weight every QLoRA product uses",
+         ("my_dequantize_blockwise",), "10-20"),
 ]
 
 # Optimised copies of graded functions (minilora.fast, the forms the training loop uses) are answers
