@@ -98,6 +98,14 @@ def test_replace_backward_matches_numerical_gradient(rng):
     assert (dx[np.arange(3)[:, None], lay.special_pos] == 0).all(), "a replaced activation must get zero gradient"
 
 
+def test_replace_backward_sums_the_rows_into_dS(rng):
+    """Every row used the same S, so dS is the sum over the batch of dz at each row's special positions."""
+    dz, pos = rng.standard_normal((3, 5, 2)), np.array([[0, 2], [0, 4], [0, 1]])
+    _, dS = replace_backward(dz, (pos,))
+    expected = dz[0, [0, 2]] + dz[1, [0, 4]] + dz[2, [0, 1]]
+    assert np.allclose(dS, expected, atol=1e-12), f"expected the batch sum {expected}, got {dS}"
+
+
 def test_replace_forward_changes_only_the_special_positions(rng):
     """z equals x everywhere but at special_pos, where every row holds S."""
     x, S, pos = rng.standard_normal((2, 5, 3)), rng.standard_normal((2, 3)), np.array([[0, 3], [0, 1]])
