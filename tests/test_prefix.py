@@ -141,3 +141,24 @@ def test_infix_token_ids_are_the_prompt_ends():
     tok = default_tokenizer()
     ids = infix_token_ids(tok.encode)
     assert tok.decode(list(ids)) == "=?", f"expected the ids of '=' and '?', got {ids} -> {tok.decode(list(ids))!r}"
+
+
+def test_training_moves_the_states_and_leaves_the_base_bit_identical(tiny_base):
+    """The training loop (fast kernels, worker threads) trains S_i and LoRA's part; no base weight moves."""
+    from minilora.data.datasets import make_splits
+    from minilora.experiments.train import TrainConfig, train
+
+    train_data, _ = make_splits("shift", 64, 8, seed=0, block_size=24, min_len=3, max_len=5)
+    longest = int(train_data.mask.nonzero()[1].max()) + 1          # rows end there; the rest is padding
+    train_data.x, train_data.y, train_data.mask = (a[:, :longest] for a in (train_data.x, train_data.y, train_data.mask))
+    model = GPT(tiny_base.config, {k: v.copy() for k, v in tiny_base.params.items()})
+    before = {k: v.copy() for k, v in model.params.items()}
+    host = PrefixModel(model, PrefixConfig(n_prefix=1, n_infix=1, mode="layer", lora=LoraConfig(r=2),
+                                           infix_before=infix_token_ids(default_tokenizer().encode)))
+    start = {k: host.params[k].copy() for k in host.trainable}
+    history = train(host, train_data, None, TrainConfig(steps=4, batch_size=16, lr=1e-2, warmup_steps=1,
+                                                        progress=False))
+    assert all(np.array_equal(model.params[k], v) for k, v in before.items()), "a base weight changed"
+    moved = [k for k in start if not np.array_equal(host.params[k], start[k])]
+    assert any(k.startswith("prefix.states.") for k in moved), f"no state moved; moved {moved[:3]}"
+    assert np.isfinite(history.losses).all(), history.losses
