@@ -133,8 +133,8 @@ def test_detached_qdora_backward_is_the_gradient_of_the_loss_with_the_norm_held_
                 quant = {k: v for k, v in spec.options.items() if k in QUANT_OPTIONS}
                 V = frozen_weight(np.float64, t, quant) + spec.options["scale"] * t["lora_B"] @ t["lora_A"]
                 lm.params[f"{module}.fixed_norm"] = row_norms(V)
-                lm.model.linears[module] = LinearSpec(FIXED.name, {**spec.tensors, "fixed_norm": f"{module}.fixed_norm"},
-                                                      spec.options)
+                roles = {**spec.tensors, "fixed_norm": f"{module}.fixed_norm"}
+                lm.model.linears[module] = LinearSpec(FIXED.name, roles, spec.options)
         for name in sorted(n for n in grads if ".lora_A." in n or ".lora_B." in n):
             check_gradient(lm_loss(lm, batch), lm.params[name], grads[name], name=name, max_entries=8, atol=0.0)
     finally:
