@@ -229,8 +229,8 @@ def _dora_linear_backward(dy, outer, needs):
                            "freeze it again, or merge_and_unload() and train the plain model")
     refuse_training_the_4bit_weight(needs, "dora")
     cache = reload_4bit(cache)                                # W0 dequantized once, for dx = dy W0 (QLoRA eq. 6)
-    if not detach_norm:
-        cache = rebuild_V(cache)                              # eq. 6 projects the gradient away from V
+    exact = not detach_norm                                   # eq. 6 projects the gradient away from V,
+    cache = rebuild_V(cache) if exact else cache              # so only the exact mode reads V
     dx, dA, dB, dm = dora_backward(dy, cache, detach_norm=detach_norm)
     grads = {"lora_A": dA, "lora_B": dB, "lora_magnitude": dm}
     if "bias" in needs:                                       # added after the factor: db = dy summed over rows
