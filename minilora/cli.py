@@ -4,7 +4,8 @@
     minilora pretrain                  train the small base model from scratch and save it
     minilora finetune --task shift     LoRA (or --method full) on a shipped task or --text FILE
     minilora merge ADAPTER --out DIR   base + adapter -> one merged model checkpoint
-    minilora analyze                   the rank analyses of Hu et al. 2021, §7 (report + plots)
+    minilora findings                  the claims about LoRA and the paper's §7 findings, on seeds (report + JSON)
+    minilora analyze                   the same report (the §7 analyses are part of it)
     minilora exercises make|grade      classroom exercises from the library's own code
 """
 from __future__ import annotations
@@ -164,20 +165,33 @@ def _demo(args):
     run_demo(args.out, steps=args.steps, progress=not args.quiet)
 
 
-def _add_analyze(sub):
-    p = sub.add_parser("analyze", help="rank analyses (Hu et al. 2021, §7): sweeps, subspaces, spectra")
-    p.add_argument("--out", default="reports/analysis", help="report folder (markdown + PNG)")
-    p.add_argument("--task", default="shift")
-    p.add_argument("--quick", action="store_true", help="fewer steps and cells (for a fast look)")
-    p.set_defaults(func=_analyze)
+def _add_findings(sub):
+    for name, text in (("findings", "every claim about LoRA and the paper's §7 findings, measured on seeds"),
+                       ("analyze", "the same report as `findings` (the §7 rank analyses are part of it)")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--out", default="reports/findings", help="report folder (report.md, findings.json, PNGs)")
+        p.add_argument("--quick", action="store_true", help="tiny settings to check the pipeline in about a minute; "
+                       "the numbers mean nothing")
+        p.add_argument("--seeds", type=int, default=None, help="seeds per comparison (default 3; at least 2)")
+        p.add_argument("--lr-sweep", action="store_true", help="instead, run the learning-rate sweep behind the "
+                       "report's two learning rates (lr_sweep.json and .md in --out)")
+        p.set_defaults(func=_findings)
 
 
-def _analyze(args):
-    try:
-        from minilora.experiments.report import run_analysis
-    except ImportError:
-        sys.exit("minilora analyze is not available in this version")
-    run_analysis(args.out, task=args.task, quick=args.quick)
+def _findings(args):
+    from minilora.experiments.findings import FindingsConfig, run_findings
+
+    cfg = FindingsConfig.quick() if args.quick else FindingsConfig()
+    if args.seeds is not None:
+        if args.seeds < 2:
+            raise ValueError(f"--seeds {args.seeds}: a spread needs at least 2 seeds (the findings use 3)")
+        cfg.seeds = tuple(range(args.seeds))
+    if args.lr_sweep:
+        from minilora.experiments.lr_sweep import run_lr_sweep
+
+        run_lr_sweep(args.out, cfg)
+    else:
+        run_findings(args.out, cfg)
 
 
 def _add_exercises(sub):
@@ -197,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minilora", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_demo, _add_pretrain, _add_finetune, _add_merge, _add_analyze, _add_exercises):
+    for add in (_add_demo, _add_pretrain, _add_finetune, _add_merge, _add_findings, _add_exercises):
         add(sub)
     return parser
 
