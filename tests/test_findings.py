@@ -37,11 +37,12 @@ def test_load_findings_names_the_fix_for_a_missing_file(tmp_path):
 
 
 def test_best_learning_rate_is_the_best_mean_over_tasks():
-    """The sweep picks the rate with the best mean accuracy; a tie goes to the smaller rate."""
+    """best_lr: the best mean over tasks (a tie goes to the smaller rate); chosen_lrs: the best per task."""
     run = lambda m, t, acc: RunResult(t, m, 0, acc, 0.0, 1, 1.0, 1.0, 1, 1)
     res = Results([run("full lr=0.001", "a", 0.9), run("full lr=0.001", "b", 0.7), run("full lr=0.003", "a", 1.0),
                    run("full lr=0.003", "b", 0.5), run("full lr=0.0003", "a", 0.8), run("full lr=0.0003", "b", 0.8)])
     assert lr_sweep.best_lr(res, "full") == 0.0003, "0.8 = 0.8 = 0.75: the tie goes to the smaller rate"
+    assert lr_sweep.chosen_lrs(res, "full") == {"a": 0.003, "b": 0.0003}, "per task: the rate with the best accuracy on that task"
 
 
 # --------------------------------------------------------------------------- the recorded findings

@@ -19,6 +19,7 @@ from minilora.adapters.lora_model import LoraModel
 from minilora.data.tasks import DOWNSTREAM_TASKS, get_task
 from minilora.experiments import stats
 from minilora.experiments.findings import FindingsConfig
+from minilora.experiments.findings_report import _rates
 from minilora.experiments.findings_verdicts import ACC_FLOOR, MARGIN
 from minilora.experiments.finetune import saved_bytes
 from minilora.experiments.pretrain import load_base
@@ -131,9 +132,9 @@ def _write_report(out: Path, results: Results, merge_errors, switched, summary, 
         "# minilora demo: LoRA vs full fine-tuning", "",
         f"Every run starts from the shipped pretrained base and adapts it to a task it was not trained on, "
         f"on {len(cfg.seeds)} seeds (data split, adapter initialisation, batch order). LoRA: r = 8 on Wq and Wv, "
-        f"lora_alpha = {cfg.lora_alpha:g}, lr {cfg.lora_lr:g} (Hu et al. 2021, §4.2); a classification task trains "
-        f"its new head alongside (modules_to_save). Full: every weight trains, lr {cfg.full_lr:g}. Both: "
-        f"{cfg.steps} steps of {cfg.batch_size} examples; the rates come from the sweep in docs/findings.md.", "",
+        f"lora_alpha = {cfg.lora_alpha:g}, lr {_rates(cfg.lora_lr)} (Hu et al. 2021, §4.2); a classification task "
+        f"trains its new head alongside (modules_to_save). Full: every weight trains, lr {_rates(cfg.full_lr)}. "
+        f"Both: {cfg.steps} steps of {cfg.batch_size} examples; the rates come from the sweep in docs/findings.md.", "",
         results_table(results), "", "## What this shows", "", *summary, "",
         "Optimizer state counts AdamW's m and v (float32) for the trainable parameters only; a frozen "
         "weight has none. The saved file is the adapter (A, B and any saved head) for LoRA and the "

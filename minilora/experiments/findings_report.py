@@ -123,6 +123,11 @@ def _lr_section(data: dict) -> list[str]:
             f"{sorted({r.seed for r in sweep.runs})}; exact match, mean +- sd:", "", sweep_table(sweep), ""]
 
 
+def _rates(lr) -> str:
+    """'1e-3' or 'rotate 1e-3, double 5e-3' for a rate or a {task: rate} map."""
+    return ", ".join(f"{t} {v:g}" for t, v in lr.items()) if isinstance(lr, dict) else f"{lr:g}"
+
+
 def cfg_steps(data: dict) -> int:
     return data["config"]["steps"]
 
@@ -158,9 +163,9 @@ def write_report(data: dict, out_dir) -> Path:
              f"Every comparison below runs on {len(cfg['seeds'])} seeds (each seed draws its own data split, adapter "
              f"initialisation and batch order) and shows mean +- standard deviation. Every run: {cfg['steps']} AdamW "
              f"steps of {cfg['batch_size']} examples from {cfg['n_train']} generated ones, {cfg['n_test']} held-out "
-             f"test examples; full fine-tuning at lr {cfg['full_lr']:g}, LoRA on Wq,Wv at lr {cfg['lora_lr']:g} with "
-             f"lora_alpha = {cfg['lora_alpha']:g} for every r (§4.1), both learning rates from the sweep in "
-             f"docs/findings.md. Tasks: {', '.join(cfg['tasks'])}. A verdict is drawn only from runs that learned.",
+             f"test examples; learning rates per task from the sweep below: full fine-tuning {_rates(cfg['full_lr'])}, "
+             f"LoRA on Wq,Wv {_rates(cfg['lora_lr'])}, with lora_alpha = {cfg['lora_alpha']:g} for every r (§4.1). "
+             f"Tasks: {', '.join(cfg['tasks'])}. A verdict is drawn only from runs that learned (docs/findings.md).",
              "", f"Run time {m['wall_seconds'] / 60:.1f} min ({m['cpu_seconds'] / 60:.1f} CPU-min) on {m['cpu_count']} "
              f"cores, load average {m['load_average_start']} at the start: "
              + ", ".join(f"{k} {v:.0f} s" for k, v in m["timings"].items()) + ".", "",

@@ -36,14 +36,16 @@ def default_lora_config(task_kind: str = "generation") -> LoraConfig:
                       modules_to_save=("head",) if task_kind == "classification" else ())
 
 
-def default_train_config(method: str) -> TrainConfig:
-    """The findings' budget and learning rates (minilora.experiments.findings.FindingsConfig, chosen by
-    the sweep of minilora.experiments.lr_sweep): LoRA takes a larger rate than full fine-tuning, as in
-    the paper's recipes."""
+def default_train_config(method: str, task: str | None = None) -> TrainConfig:
+    """The findings' budget and learning rates (minilora.experiments.findings.FindingsConfig, chosen per
+    task by the sweep of minilora.experiments.lr_sweep): LoRA takes a larger rate than full
+    fine-tuning, as in the paper's recipes. A task without a swept rate (or none) gets the smallest
+    swept rate of the method."""
     from minilora.experiments.findings import FindingsConfig
 
     cfg = FindingsConfig()
-    lr = cfg.lora_lr if method == "lora" else cfg.full_lr
+    rates = cfg.lora_lr if method == "lora" else cfg.full_lr
+    lr = rates.get(task, min(rates.values()))
     return TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, lr=lr, warmup_steps=cfg.steps // 10,
                        eval_every=100, weight_decay=0.0)
 

@@ -54,14 +54,25 @@ class Method:
     """A fine-tuning method as data: ``PREPARERS[kind](base, train_data, config, seed)`` makes the model.
 
     name: the label in tables and plots ("full", "lora r=8"); unique within one comparison.
+    lr: one learning rate, or {task: lr} when the rate was tuned per task (as the paper's Table 9
+    lists one per GLUE task); ``lr_for(task)`` reads it.
     budget: changes to the runner's Budget for this method only, as (field, value) pairs
     (``Method.with_budget`` builds them): a method may need more steps, or see fewer examples.
     """
     name: str
     kind: str
-    lr: float
+    lr: float | dict
     config: object = None
     budget: tuple = ()
+
+    def lr_for(self, task: str) -> float:
+        """The learning rate for ``task``: the one rate, or this task's entry of the {task: lr} map."""
+        if not isinstance(self.lr, dict):
+            return float(self.lr)
+        if task not in self.lr:
+            raise ValueError(f"method {self.name!r} has learning rates for {sorted(self.lr)} only, not for task "
+                             f"{task!r}; add it to the lr mapping")
+        return float(self.lr[task])
 
     def budget_for(self, default: Budget) -> Budget:
         """The runner's budget with this method's changes applied."""
@@ -78,19 +89,22 @@ class Method:
 
     def to_dict(self) -> dict:
         config = self.config.to_dict() if hasattr(self.config, "to_dict") else self.config
-        return {"name": self.name, "kind": self.kind, "lr": self.lr, "config": config,
+        lr = dict(self.lr) if isinstance(self.lr, dict) else self.lr
+        return {"name": self.name, "kind": self.kind, "lr": lr, "config": config,
                 "budget": dict(self.budget)}
 
-    def key(self) -> str:
-        """What identifies a run's recipe: kind, lr, config and budget. The name is only a label, and
-        eval_every only adds evaluations, so neither is part of it."""
+    def key(self, task: str | None = None) -> str:
+        """What identifies a run's recipe: kind, lr (for ``task``, if given), config and budget. The name
+        is only a label, and eval_every only adds evaluations, so neither is part of it."""
         d = self.to_dict()
         d.pop("name")
         d["budget"].pop("eval_every", None)
+        if task is not None:
+            d["lr"] = self.lr_for(task)
         return json.dumps(d, sort_keys=True, default=str)
 
 
-def lora_method(r: int, *, lr: float, targets=("wq", "wv"), lora_alpha: float | None = None,
+def lora_method(r: int, *, lr: float | dict, targets=("wq", "wv"), lora_alpha: float | None = None,
                 name: str | None = None, **config) -> Method:
     """Method("lora r=8", "lora", lr, LoraConfig(r, lora_alpha (default 2r), targets, ...))."""
     cfg = LoraConfig(r=r, lora_alpha=2.0 * r if lora_alpha is None else lora_alpha,
@@ -98,7 +112,7 @@ def lora_method(r: int, *, lr: float, targets=("wq", "wv"), lora_alpha: float | 
     return Method(name or f"lora r={r}", "lora", lr, cfg)
 
 
-def full_method(*, lr: float, name: str = "full") -> Method:
+def full_method(*, lr: float | dict, name: str = "full") -> Method:
     """Full fine-tuning: every weight of the base trains."""
     return Method(name, "full", lr)
 
@@ -180,7 +194,7 @@ class Runner:
 
         keep=True keeps the trained model too (``model``), for analyses that read its weights.
         """
-        key = (method.key(), task, int(seed))
+        key = (method.key(task), task, int(seed))
         b = method.budget_for(self.budget)
         keep = keep or self.keep_if(method, task, seed)
         cached = self.runs.get(key)
@@ -188,7 +202,7 @@ class Runner:
             return dataclasses.replace(cached, method=method.name)
         train_data, test_data = self.data(task, seed, b)
         model = prepare_model(self.base, train_data, method, seed)
-        cfg = TrainConfig(steps=b.steps, batch_size=b.batch_size, lr=method.lr, warmup_steps=b.warmup_steps,
+        cfg = TrainConfig(steps=b.steps, batch_size=b.batch_size, lr=method.lr_for(task), warmup_steps=b.warmup_steps,
                           weight_decay=b.weight_decay, eval_every=b.eval_every or b.steps, seed=seed,
                           progress=False)
         t0 = time.perf_counter()
@@ -213,7 +227,7 @@ class Runner:
     def model(self, method: Method, task: str, seed: int):
         """The trained model of that run (trained now if it was not kept)."""
         self.run(method, task, seed, keep=True)
-        return self.models[(method.key(), task, int(seed))]
+        return self.models[(method.key(task), task, int(seed))]
 
 
 def run_methods(methods, tasks, seeds, *, runner: Runner | None = None, keep: bool = False, **runner_kw) -> Results:
