@@ -3,7 +3,7 @@ the gradients and optimizer state of the frozen weights."""
 import numpy as np
 import pytest
 
-from minilora.adapters.lora import LoraConfig
+from minilora.adapters.config import LoraConfig
 from minilora.data.datasets import make_dataset
 from minilora.experiments import memory
 from minilora.experiments.finetune import prepare
@@ -28,7 +28,7 @@ def formula_activations(base, batch, lora_u=0):
 
 
 def test_counted_activations_equal_the_formula_for_full_and_lora(setup):
-    """The forward caches hold exactly 21 N C + 2 N + B NH T^2 values per block (+ N r per adapter)."""
+    """The forward caches hold exactly 20 N C + 2 N + B NH T^2 values per block (+ N r per adapter)."""
     base, batch, models = setup
     c = base.config
     for name, lora_u in (("full", 0), ("lora", c.n_layer * 2 * 3)):

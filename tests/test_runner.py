@@ -44,8 +44,9 @@ def test_each_seed_draws_its_own_data_and_initialisation(runner):
     fixed = Budget(**{**BUDGET.__dict__, "data_seed": 7})
     assert runner.data("rotate", 0, fixed)[0].prompts == runner.data("rotate", 1, fixed)[0].prompts
     m = lora_method(2, lr=1e-2)
-    a0 = prepare_model(runner.base, tr0, m, 0).params["blocks.0.attn.wq.lora_A.default"]
-    a1 = prepare_model(runner.base, tr0, m, 1).params["blocks.0.attn.wq.lora_A.default"]
+    m0, m1 = prepare_model(runner.base, tr0, m, 0), prepare_model(runner.base, tr0, m, 1)
+    a0 = m0.params[m0.param_name("blocks.0.attn.wq.lora_A.weight")]
+    a1 = m1.params[m1.param_name("blocks.0.attn.wq.lora_A.weight")]
     assert not np.array_equal(a0, a1), "the run seed must draw LoRA's A"
 
 
@@ -82,7 +83,8 @@ def test_classification_tasks_train_a_new_head_with_lora(runner):
     """LoRA on a yes/no task adds the head to modules_to_save by itself, as PEFT users write it."""
     train, _ = runner.data("ordered", 0)
     model = prepare_model(runner.base, train, lora_method(2, lr=1e-2), 0)
-    assert {"head.weight", "head.bias"} <= model.trainable, sorted(model.trainable)[:6]
+    assert {model.param_name("head.weight"), model.param_name("head.bias")} <= model.trainable, \
+        sorted(k for k in model.trainable if ".lora_" not in k)
 
 
 def test_measures_and_learning_curves_are_recorded_per_run(tiny_base):

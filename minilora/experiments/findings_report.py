@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from minilora import io
 from minilora.experiments.findings_verdicts import forget, results, verdict_table, verdicts
 from minilora.experiments.known_rank import plot_known_rank
 from minilora.experiments.memory import PARTS
@@ -17,12 +18,7 @@ from minilora.experiments.stats import summarize
 
 
 def _save(fig, path: Path) -> str:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return io.save_figure(fig, path).name
 
 
 # --------------------------------------------------------------------------- figures
@@ -188,5 +184,5 @@ def write_report(data: dict, out_dir) -> Path:
              f"the matrices): " + ", ".join(f"r = {r}: {x:.2e}" for r, x in zip(kr["ranks"], kr["error"]))
              + "; the best rank-r update misses " + ", ".join(f"{x:.2f}" for x in kr["residual"]) + " (Eckart-Young).",
              "", "![](known_rank.png)", ""]
-    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    io.write_text(out / "report.md", "\n".join(lines))
     return out / "report.md"

@@ -25,10 +25,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minilora.adapters.lora import TARGETS, init_lora_pair, lora_backward, lora_forward
+from minilora import io
+from minilora.adapters.lora import init_lora_pair, lora_backward, lora_forward
 from minilora.data.datasets import make_mixture, trim_padding
 from minilora.data.tasks import PRETRAIN_TASKS
 from minilora.nn import backend
+from minilora.nn.model import SHORT_NAMES
 from minilora.nn.optim import AdamW, linear_warmup_decay
 
 
@@ -57,7 +59,7 @@ def teacher_deltas(base, config: KnownRankConfig) -> dict:
     deltas = {}
     for i in range(base.config.n_layer):
         for t in config.targets:
-            name = f"blocks.{i}.{TARGETS[t]}"
+            name = f"blocks.{i}.{SHORT_NAMES[t]}"
             W0 = backend.to_numpy(base.params[name + ".weight"]).astype(np.float64)    # (d_out, d_in)
             U, V = _orthonormal(rng, W0.shape[0], config.k), _orthonormal(rng, W0.shape[1], config.k)
             deltas[name] = config.gain * np.linalg.norm(W0) / np.sqrt(config.k) * (U @ V.T)   # rank k
@@ -70,13 +72,13 @@ def layer_inputs(base, config: KnownRankConfig) -> dict:
     data = trim_padding(make_mixture(PRETRAIN_TASKS, config.n_inputs, seed=config.seed + 1,
                                      block_size=base.config.block_size))
     _, cache = base.forward(backend.asarray(data.x))
-    c_blocks = cache[1][2]                           # ("lm", (c_tok, T, c_blocks, c_lnf), c_head)
+    c_blocks = cache[0][2]                           # ((c_tok, T, c_blocks, c_lnf), last, head, c_head)
     real = (data.x != 0).reshape(-1)                 # (N,) tokens that are not padding
     slot = {"attn.wq": 1, "attn.wk": 2, "attn.wv": 3}   # their place in a block's cache tuple
     out = {}
     for i in range(base.config.n_layer):
         for t in config.targets:
-            kind = TARGETS[t]
+            kind = SHORT_NAMES[t]
             if kind not in slot:
                 raise ValueError(f"known_rank reads the inputs of wq, wk and wv; got target {t!r}")
             x = backend.to_numpy(c_blocks[i][slot[kind]][0]).astype(np.float64)          # (B, T, d_in)
@@ -152,9 +154,7 @@ def plot_known_rank(result: dict, path=None, ax=None):
     ax.title.set_fontsize(9)
     if not own:
         return ax
-    fig.tight_layout()
     if path is None:
+        fig.tight_layout()
         return fig
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return io.save_figure(fig, path)

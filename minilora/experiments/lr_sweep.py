@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from minilora import io
 from minilora.experiments.findings import FindingsConfig
 from minilora.experiments.pretrain import load_base
 from minilora.experiments.results import Results
@@ -65,6 +66,6 @@ def run_lr_sweep(out_dir, config: FindingsConfig | None = None, *, base=None, se
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results.save(out / "lr_sweep.json")
-    (out / "lr_sweep.md").write_text("# Learning-rate sweep\n\n" + sweep_table(results) + "\n", encoding="utf-8")
+    io.write_text(out / "lr_sweep.md", "# Learning-rate sweep\n\n" + sweep_table(results) + "\n")
     log(sweep_table(results))
     return results

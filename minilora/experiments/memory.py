@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minilora.experiments.step import forward_loss, loss_and_grads
+from minilora.nn.loss import forward_loss, loss_and_grads
 from minilora.nn import backend
 from minilora.nn.optim import AdamW
 
@@ -47,11 +47,12 @@ class ParamGroup:
 
 
 def activation_bytes(*, B: int, T: int, C: int, L: int, NH: int, V: int, lora_u: int = 0, bits: int = 32) -> int:
-    """Bytes minilora's GPT keeps for the backward pass of one language-model batch (B, T).
+    """Bytes minilora's GPT keeps for the backward pass of one language-model batch (B, T), with the
+    textbook kernels (minilora.nn.kernels; the training loop's fast kernels keep about the same).
 
     Per block, N = B T rows, read off the forward caches (minilora.nn.model, layers, attention):
-      C wide:   ln1 xhat, its output h (read by Wq, Wk, Wv), q scaled, k, v, att @ v, the merged heads
-                (read by Wo), ln2 xhat, its output (read by fc): 9 N C
+      C wide:   ln1 xhat, its output h (read by Wq, Wk, Wv), q, k, v (attention reads them by head),
+                the merged heads (read by Wo), ln2 xhat, its output (read by fc): 8 N C
       4C wide:  fc output and GELU's tanh (read by GELU's backward), GELU output (read by proj): 12 N C
       the two layer norms' 1 / std: 2 N;  the attention weights: B NH T^2
     Outside the blocks: ln_f xhat and output 2 N C + N, log-probabilities N V and the loss weights N
@@ -59,7 +60,7 @@ def activation_bytes(*, B: int, T: int, C: int, L: int, NH: int, V: int, lora_u:
     (each keeps u = x A^T, N r values).
     """
     N = B * T
-    values = L * (N * (21 * C + 2) + B * NH * T * T) + N * (2 * C + 1) + N * V + N + N * lora_u
+    values = L * (N * (20 * C + 2) + B * NH * T * T) + N * (2 * C + 1) + N * V + N + N * lora_u
     return values * bits // 8
 
 
@@ -150,7 +151,7 @@ def measure_step(model, batch: dict) -> dict:
     The model's weights are not changed: AdamW updates a copy of the trainable ones.
     """
     _, _, caches = forward_loss(model, batch, training=True)
-    _, grads = loss_and_grads(model, batch, workers=1)
+    _, grads = loss_and_grads(model, batch)
     trainable = {k: v.copy() for k, v in model.params.items() if k in model.trainable}
     opt = AdamW(lr=0.0)
     opt.step(trainable, grads)
@@ -170,7 +171,7 @@ def trace_step(model, batch: dict) -> int:
         tracemalloc.start()
     tracemalloc.reset_peak()
     start, _ = tracemalloc.get_traced_memory()
-    loss_and_grads(model, batch, workers=1)
+    loss_and_grads(model, batch)
     _, peak = tracemalloc.get_traced_memory()
     if not was_tracing:
         tracemalloc.stop()

@@ -162,15 +162,9 @@ def plot_lines(xs, series: dict, path=None, *, xlabel: str, ylabel: str, title: 
 
 
 def _finish(ax, path):
-    import matplotlib.pyplot as plt
-
     fig = ax.figure
     ax.title.set_fontsize(9)
-    fig.tight_layout()
     if path is None:
+        fig.tight_layout()
         return fig
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return io.save_figure(fig, path)

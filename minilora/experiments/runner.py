@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from minilora.adapters.lora import LoraConfig
+from minilora.adapters.config import LoraConfig
 from minilora.data.datasets import ClassificationData, make_splits, trim_padding
 from minilora.experiments import finetune
 from minilora.experiments.pretrain import load_base

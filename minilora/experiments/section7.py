@@ -19,11 +19,10 @@ import itertools
 
 import numpy as np
 
-from minilora.adapters.lora import TARGETS
 from minilora.experiments import analysis
 from minilora.experiments.sweeps import compare_adapters
 from minilora.nn.backend import to_numpy
-from minilora.nn.model import BLOCK_LINEARS
+from minilora.nn.model import BLOCK_LINEARS, SHORT_NAMES
 
 
 def section7_small_r(cfg) -> int:
@@ -32,7 +31,7 @@ def section7_small_r(cfg) -> int:
 
 
 def _modules(base, targets=("wq", "wv")) -> list[str]:
-    return [f"blocks.{i}.{TARGETS[t]}" for i in range(base.config.n_layer) for t in targets]
+    return [f"blocks.{i}.{SHORT_NAMES[t]}" for i in range(base.config.n_layer) for t in targets]
 
 
 def subspace_numbers(models8: dict, models_large: dict, base, k: int = 8) -> dict:

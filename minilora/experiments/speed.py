@@ -19,7 +19,8 @@ import time
 
 import numpy as np
 
-from minilora.experiments.step import loss_and_grads
+from minilora import fast
+from minilora.fast import parallel
 from minilora.nn import backend
 from minilora.nn.optim import AdamW
 
@@ -43,6 +44,7 @@ def train_step_flops(config, B: int, T: int, *, lora_r: int = 0, lora_targets: i
 def time_steps(models: dict, batch: dict, *, rounds: int = 20, warmup: int = 3, lr: float = 1e-4) -> dict:
     """{name: [seconds per step, one per round]}: a training step (forward, backward, AdamW update)
     of every model on the same batch, timed in ``rounds`` interleaved rounds after ``warmup`` ones.
+    The step is the training loop's (minilora.experiments.train): fast kernels, worker threads.
 
     Each model updates its own weights (at a small lr); time it on copies you do not need afterwards.
     """
@@ -50,7 +52,8 @@ def time_steps(models: dict, batch: dict, *, rounds: int = 20, warmup: int = 3, 
 
     def step(name):
         model = models[name]
-        opts[name].step(model.params, loss_and_grads(model, batch)[1])
+        with fast.use_kernels(model):
+            opts[name].step(model.params, parallel.loss_and_grads(model, batch)[1])
         backend.synchronize()
 
     names = list(models)
