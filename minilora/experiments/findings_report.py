@@ -115,17 +115,13 @@ def _lr_section(data: dict) -> list[str]:
     from minilora.experiments.lr_sweep import sweep_table
 
     sweep = Results.from_dict(data["lr_sweep"])
-    return ["## The learning rates", "", f"Each method at each rate, {cfg_steps(data)} steps, seed(s) "
+    return ["## The learning rates", "", f"Each method at each rate, {sweep.budget.get('steps')} steps, seed(s) "
             f"{sorted({r.seed for r in sweep.runs})}; exact match, mean +- sd:", "", sweep_table(sweep), ""]
 
 
 def _rates(lr) -> str:
     """'1e-3' or 'rotate 1e-3, double 5e-3' for a rate or a {task: rate} map."""
     return ", ".join(f"{t} {v:g}" for t, v in lr.items()) if isinstance(lr, dict) else f"{lr:g}"
-
-
-def cfg_steps(data: dict) -> int:
-    return data["config"]["steps"]
 
 
 def write_report(data: dict, out_dir) -> Path:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from minilora.experiments import stats
-from minilora.experiments.findings_verdicts import ACC_FLOOR, MARGIN, guarded, pct, results, row
+from minilora.experiments.findings_verdicts import ACC_FLOOR, MARGIN, guarded, if_learned, pct, results, row
 from minilora.experiments.stats import summarize
 
 S7 = "§7"
@@ -81,6 +81,14 @@ def budget_rows(data: dict) -> list[dict]:
     return rows
 
 
+def _matrix_guard(data: dict, names) -> tuple:
+    """(summaries, task) of the §7 task's runs whose weights a matrix finding reads: it is judged only
+    if they learned (a matrix of a run that learned nothing says nothing about the paper's claim)."""
+    task = data["config"]["section7_task"]
+    s7 = results(data, "grid", "section7_runs")
+    return {n: s7.summary(task, n) for n in names}, task
+
+
 def subspace_rows(data: dict) -> list[dict]:
     """Figures 3 and 4: the top directions of r = 8 and r = 64 overlap; dWq shares more across seeds."""
     s7 = data["section7"]
@@ -138,4 +146,10 @@ def spectra_row(data: dict) -> dict:
 
 
 def section7_rows(data: dict) -> list[dict]:
-    return rank_rows(data) + budget_rows(data) + subspace_rows(data) + amplification_rows(data) + [spectra_row(data)]
+    s7 = data["section7"]
+    small, large = f"lora r={s7['r_small']}", f"lora r={s7['r_large']}"
+    return (rank_rows(data) + budget_rows(data)
+            + if_learned(subspace_rows(data)[:-1], *_matrix_guard(data, ["lora r=8", large]))
+            + subspace_rows(data)[-1:]                        # two random matrices: no training behind it
+            + if_learned(amplification_rows(data), *_matrix_guard(data, [small, large]))
+            + if_learned([spectra_row(data)], *_matrix_guard(data, ["full"])))

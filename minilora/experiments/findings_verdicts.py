@@ -67,6 +67,12 @@ def guarded(section: str, claim: str, summaries: dict, task: str, make, *, any_o
     return dict(row(section, v, measured), claim=claim)
 
 
+def if_learned(rows: list[dict], summaries: dict, task: str) -> list[dict]:
+    """``rows`` as they are if the runs behind ``summaries`` learned; else each row "not judged"."""
+    why = not_learned(summaries, task)
+    return rows if not why else [dict(r, measured="", verdict=NOT_JUDGED, rule=why) for r in rows]
+
+
 def forget(res: Results, task: str, method: str) -> Summary:
     """Mean accuracy over the pretraining tasks after fine-tuning, one value per seed."""
     return summarize(np.mean(list(r.extra["forget"].values())) for r in res.select(task, method))
