@@ -6,12 +6,19 @@
     minilora merge ADAPTER --out DIR   base + adapter -> one merged model checkpoint
     minilora findings                  the claims about LoRA and the paper's §7 findings, on seeds (report + JSON)
     minilora analyze                   the same report (the §7 analyses are part of it)
+    minilora generate --prompt TEXT    text from a model, with an adapter or without (minilora.cli_interop)
+    minilora export DIR --format hf-gpt2   the model (and adapter) for transformers / PEFT
+    minilora import-hf HF_DIR --out DIR    a Hugging Face GPT-2 as a minilora model
+    minilora finetune --hf HF_DIR --text FILE   LoRA on a real GPT-2 with its BPE tokenizer
+    minilora family                    LoRA, DoRA, rsLoRA, LoRA+, PiSSA and full on one budget (table + plots)
     minilora exercises make|grade      classroom exercises from the library's own code
 """
 from __future__ import annotations
 
 import argparse
 import sys
+
+from minilora import cli_interop
 
 
 def _add_pretrain(sub):
@@ -66,7 +73,8 @@ def _add_finetune(sub):
     p = sub.add_parser("finetune", help="fine-tune the base on a task with LoRA or fully")
     p.add_argument("--task", default="shift", help="shift | rotate | palindrome (ignored with --text)")
     p.add_argument("--text", default=None, help="fine-tune on this plain-text file instead")
-    p.add_argument("--method", default="lora", choices=["lora", "full"])
+    p.add_argument("--method", default="lora", choices=["lora", "qlora", "full"],
+                   help="qlora: LoRA on the base stored in 4 bits (NF4, double quantization)")
     p.add_argument("--base", default=None, help="base model folder (default: the shipped base)")
     p.add_argument("--r", type=int, default=None, help="LoRA rank (default: the library's, see below)")
     p.add_argument("--alpha", type=float, default=None,
@@ -79,6 +87,12 @@ def _add_finetune(sub):
     p.add_argument("--seed", type=int, default=0, help="data, new head, LoRA initialisation and batch order")
     p.add_argument("--out", default=None, help="save the adapter (LoRA) or model (full) here")
     _add_checkpoint_options(p)
+    hf = p.add_argument_group("a Hugging Face GPT-2 (with --hf; LoRA on --text)")
+    hf.add_argument("--hf", default=None, help="local Hugging Face GPT-2 folder with tokenizer files")
+    hf.add_argument("--block-size", type=int, default=128, help="tokens per training window")
+    hf.add_argument("--batch-size", type=int, default=None, help="windows per step (default 4)")
+    hf.add_argument("--export-peft", default=None, help="also write the adapter for PEFT on GPT2LMHeadModel here")
+    hf.add_argument("--sample", default=None, help="print a sample continuing this prompt after training")
     p.set_defaults(func=_finetune)
 
 
@@ -92,6 +106,9 @@ def _finetune(args):
     from minilora.experiments.pretrain import load_base
     from minilora.nn import checkpoint
 
+    if args.hf is not None:                       # LoRA on a Hugging Face GPT-2 (minilora.cli_interop)
+        from minilora.cli_interop import finetune_hf_command
+        return finetune_hf_command(args)
     kind = "generation" if args.text else get_task(args.task).kind
     checkpoints = _checkpoints(args, files.FILES if args.method == "lora" else checkpoint.FILES)
     base = load_base(args.base)[0]
@@ -101,13 +118,13 @@ def _finetune(args):
              "target_modules": tuple(args.targets.split(",")) if args.targets is not None else None}
     lora = dataclasses.replace(default_lora_config(kind), **{k: v for k, v in given.items() if v is not None})
     given = {"steps": args.steps, "lr": args.lr, "seed": args.seed, "save_every": args.save_every}
-    tc = dataclasses.replace(default_train_config(args.method), **{k: v for k, v in given.items() if v is not None})
+    tc = dataclasses.replace(default_train_config(args.method, None if args.text else args.task), **{k: v for k, v in given.items() if v is not None})
     res = finetune(args.task, args.method, base=base, lora_config=lora, train_config=tc, seed=args.seed,
                    text_file=args.text, n_train=args.n_train, n_test=args.n_test, **checkpoints)
     print(f"{res.method} on {res.task}: accuracy {100 * res.accuracy:.2f}%, loss {res.loss:.4f}, "
           f"{res.trainable_params:,} trainable params, {res.ms_per_step:.1f} ms/step")
     if args.out:
-        if args.method == "lora":
+        if args.method != "full":            # a QLoRA adapter loads onto quantize_base(the same base)
             res.model.save_adapter(args.out)
         else:
             checkpoint.save_model(res.model, args.out, extra={"task": res.task})
@@ -194,6 +211,32 @@ def _findings(args):
         run_findings(args.out, cfg)
 
 
+def _add_family(sub):
+    p = sub.add_parser("family", help="LoRA, DoRA, rsLoRA, LoRA+, PiSSA and full fine-tuning on one budget")
+    p.add_argument("--out", default="reports/family", help="folder for family.json/.md/.png (resumes its runs)")
+    p.add_argument("--tasks", nargs="+", default=["shift"], help="downstream tasks (shift rotate palindrome)")
+    p.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 8])
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per cell (>= 3 for a spread)")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="default: lora dora rslora loraplus pissa full; dora_exact adds DoRA without the §4.3 detach")
+    p.add_argument("--steps", type=int, default=None, help="steps per run (default: 400)")
+    p.add_argument("--decomposition", action="store_true",
+                   help="also DoRA's magnitude/direction analysis (Liu et al. 2024, Fig. 2)")
+    p.add_argument("--combination", action="store_true",
+                   help="also add two task adapters (cat, linear, svd) and score what each task keeps")
+    p.add_argument("--quick", action="store_true", help="a 4-step smoke run: checks the plumbing, numbers mean nothing")
+    p.set_defaults(func=_family)
+
+
+def _family(args):
+    from minilora.experiments import family
+
+    budget = family.quick_budget() if args.quick else ({"steps": args.steps} if args.steps else None)
+    names = tuple(args.methods) if args.methods else family.DEFAULT
+    family.run_family_report(args.out, tasks=args.tasks, seeds=range(args.seeds), ranks=args.ranks, names=names,
+                             budget=budget, decomposition=args.decomposition, combination=args.combination)
+
+
 def _add_exercises(sub):
     p = sub.add_parser("exercises", help="make or grade classroom exercises (see docs/teachers.md)",
                        add_help=False)
@@ -211,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minilora", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_demo, _add_pretrain, _add_finetune, _add_merge, _add_findings, _add_exercises):
+    for add in (_add_demo, _add_pretrain, _add_finetune, _add_merge, _add_findings, _add_family, _add_exercises):
+        add(sub)
+    for add in (cli_interop.add_generate, cli_interop.add_export, cli_interop.add_import_hf):
         add(sub)
     return parser
 

@@ -14,7 +14,7 @@ To rerun (from the repository root; torch's CPU wheel is enough):
 All seeds are fixed, and the script reruns itself with PYTHONHASHSEED=0 (PEFT stores target_modules as a
 set, whose order follows string hashing), so a rerun with the same library versions writes the same bytes.
 
-What it writes (about 390 KB in all):
+What it writes (about 600 KB in all):
   VERSIONS.json                  python, torch, transformers, peft, safetensors, numpy versions
   hf_gpt2_tiny/                  GPT2LMHeadModel.save_pretrained: config.json, generation_config.json,
                                  model.safetensors; plus expected.safetensors: tokens (B, T) int64 and
@@ -26,6 +26,12 @@ What it writes (about 390 KB in all):
                                  (README.md dropped); plus expected.safetensors (tokens, logits, and
                                  ``last`` for the classification case) and resolved.json, the rank,
                                  alpha and scale PEFT chose for every adapted module
+  hf_gpt2_bpe_tiny/              a tiny GPT2LMHeadModel with a byte-level BPE of 320 tokens trained by
+                                 ``tokenizers`` on CORPUS: config.json, model.safetensors, tokenizer.json
+                                 and tokenizer_config.json (GPT2TokenizerFast.save_pretrained), vocab.json
+                                 and merges.txt (the original GPT-2 files' layout); expected.safetensors:
+                                 ``text_ids`` (SAMPLE encoded by GPT2TokenizerFast), ``prompt`` and
+                                 ``greedy`` (GPT2LMHeadModel.generate, do_sample=False, 24 new tokens)
 
 The adapters of every case but ``hf_c_attn`` sit on a PyTorch GPT with minilora's module names
 (benchmarks/torch_gpt.py) holding the tiny GPT-2's weights; ``hf_c_attn`` sits on the
@@ -233,6 +239,43 @@ def hf_c_attn_case(hf_model) -> None:
     save_case("hf_c_attn", model.eval(), make_base, tokens())
 
 
+# --------------------------------------------------------------------------- a tiny GPT-2 with its own BPE
+CORPUS = ("Low-rank adaptation freezes the pretrained weights and trains two small matrices per layer. "
+          "The update is the product of the two, scaled by alpha over the rank, and it starts at zero, "
+          "so the adapted model begins exactly where the pretrained model stands. ") * 8
+SAMPLE = "The adapted model begins where the pretrained one stands: low rank, small matrices.\n"
+
+
+def write_bpe_gpt2() -> None:
+    """A random GPT-2 of vocabulary 320 with the byte-level BPE that tokenizers trains on CORPUS."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    folder = OUT / "hf_gpt2_bpe_tiny"
+    folder.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([CORPUS], vocab_size=320, min_frequency=2, show_progress=False,
+                            special_tokens=["<|endoftext|>"])
+    bpe.save_model(str(folder))                                       # vocab.json, merges.txt
+    bpe.save(str(folder / "bpe.json"))
+    tok = transformers.GPT2TokenizerFast(tokenizer_file=str(folder / "bpe.json"), eos_token="<|endoftext|>",
+                                         bos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    (folder / "bpe.json").unlink()
+    tok.save_pretrained(folder)                                       # tokenizer.json, tokenizer_config.json
+    eos = tok.convert_tokens_to_ids("<|endoftext|>")
+    config = transformers.GPT2Config(vocab_size=tok.vocab_size, n_positions=64, n_embd=C, n_layer=L, n_head=NH,
+                                     bos_token_id=eos, eos_token_id=eos)
+    torch.manual_seed(3)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    model.save_pretrained(folder)
+    (folder / "generation_config.json").unlink(missing_ok=True)
+    prompt = torch.tensor([tok("The adapted model").input_ids])
+    with torch.no_grad():
+        greedy = model.generate(prompt, max_new_tokens=24, do_sample=False, pad_token_id=eos,
+                                attention_mask=torch.ones_like(prompt))
+    save_file({"text_ids": torch.tensor(tok(SAMPLE).input_ids), "prompt": prompt[0], "greedy": greedy[0]},
+              folder / "expected.safetensors")
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     hf = make_hf_model()
@@ -255,8 +298,13 @@ def main() -> None:
               modules_to_save=["head", "ln_f"])
     lora_case("dora", hf, 16, r=4, lora_alpha=8, target_modules=["wq", "wv"], use_dora=True)
     hf_c_attn_case(hf)
+    # PEFT's bias="all" trains every parameter named "bias", the LayerNorms' included.
+    lora_case("bias_all", hf, 18, r=2, lora_alpha=4, target_modules=["wq", "fc"], bias="all")
+    write_bpe_gpt2()
 
-    versions = {"python": platform.python_version(), "torch": torch.__version__,
+    import tokenizers
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "tokenizers": tokenizers.__version__,
                 "transformers": transformers.__version__, "peft": peft.__version__,
                 "safetensors": safetensors.__version__, "numpy": np.__version__}
     (OUT / "VERSIONS.json").write_text(json.dumps(versions, indent=2, sort_keys=True) + "\n")

@@ -70,7 +70,7 @@ def no_warnings_or_log_records(*loggers, allowed=()):
 
 
 # --------------------------------------------------------------------------- adapters merged by the textbook formula
-CASES_LM = ("lora_wq_wv", "rank_alpha_patterns", "bias_lora_only", "layers_to_transform")
+CASES_LM = ("lora_wq_wv", "rank_alpha_patterns", "bias_lora_only", "bias_all", "layers_to_transform")
 ALL_CASES = CASES_LM + ("modules_to_save_head", "dora")
 
 

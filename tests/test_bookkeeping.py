@@ -46,7 +46,8 @@ def test_trainable_set_matches_lora_model(bias, to_save):
     lm = LoraModel(tiny_float64_base(), LoraConfig(r=2, target_modules=["wq", "fc"], bias=bias,
                                                    modules_to_save=to_save))
     modules = {**{m: s.tensors for m, s in lm.base_linears.items()}, **lm.base_norms}
-    got = trainable_names(lm.modules["default"], "default", bias=bias, linear_modules=lm.model.config.linear_names(),
+    with_bias = lm.model.config.linear_names() + lm.model.config.norm_names()   # PEFT's "all": LayerNorm's too
+    got = trainable_names(lm.modules["default"], "default", bias=bias, linear_modules=with_bias,
                           saved=saved_param_names(modules, to_save))
     assert got == lm.trainable, (f"missing {sorted(lm.trainable - got)[:4]}, "
                                  f"extra {sorted(got - lm.trainable)[:4]}")

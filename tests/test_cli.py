@@ -1,4 +1,6 @@
 """Specification of the minilora command."""
+import json
+
 import numpy as np
 import pytest
 
@@ -38,9 +40,10 @@ def test_unknown_task_is_reported_with_the_valid_names(capsys):
 def test_merging_an_adapter_onto_the_wrong_base_is_refused(tmp_path, capsys):
     """merge checks the base fingerprint and exits 2 with the reason."""
     assert main(["finetune", "--task", "shift", "--steps", "1", "--n-train", "100", "--n-test", "20", "--out", str(tmp_path / "ad")]) == 0
-    meta = io.read_json(tmp_path / "ad" / "adapter_config.json")
-    meta["base_model_fingerprint"] = "0" * 16
-    io.write_json(tmp_path / "ad" / "adapter_config.json", meta)
+    weights = tmp_path / "ad" / "adapter_model.safetensors"
+    tensors, meta = io.load_tensors(weights)
+    facts = json.loads(meta["minilora"])                      # minilora's facts ride in the header
+    io.save_tensors(weights, tensors, {**meta, "minilora": json.dumps({**facts, "base_model_fingerprint": "0" * 16})})
     assert main(["merge", str(tmp_path / "ad"), "--out", str(tmp_path / "m")]) == 2
     assert "different base model" in capsys.readouterr().err
 
@@ -114,7 +117,8 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
 def test_seed_also_seeds_the_lora_initialisation(tmp_path):
     """--seed 7 reaches the LoRA config (A's initialisation) as well as the data and the batch order."""
     assert main(["finetune", *QUICK, "--steps", "1", "--seed", "7", "--out", str(tmp_path / "ad")]) == 0
-    assert io.read_json(tmp_path / "ad" / "adapter_config.json")["seed"] == 7
+    _, header = io.load_tensors(tmp_path / "ad" / "adapter_model.safetensors")
+    assert json.loads(header["minilora"])["config"]["seed"] == 7, "the seed rides in minilora's facts (header)"
 
 
 def test_a_text_file_of_unknown_characters_is_refused_and_a_partly_unknown_one_reported(tmp_path, capsys):

@@ -61,9 +61,10 @@ def test_an_edited_alpha_that_every_shape_allows_is_refused(tmp_path):
 
 
 def test_tensors_and_config_from_two_saves_are_refused(tmp_path):
-    """What a crash between two file writes used to leave: new tensors with the old config."""
+    """What a crash between two file writes used to leave: new tensors with the old config (the other save's
+    alpha differs; the binding fingerprint rides with the tensors, in the safetensors header)."""
     _, a = _saved(tmp_path / "1")
-    lm = LoraModel(tiny_float64_base(), LoraConfig(r=2, lora_alpha=16, target_modules=("wq", "wv")))
+    lm = LoraModel(tiny_float64_base(), LoraConfig(r=2, lora_alpha=8, target_modules=("wq", "wv")))
     lm.save_adapter(tmp_path / "2" / "ad")
     (a / "adapter_model.safetensors").write_bytes((tmp_path / "2" / "ad" / "adapter_model.safetensors").read_bytes())
     with pytest.raises(io.CheckpointError, match="fingerprint differs"):

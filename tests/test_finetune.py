@@ -70,6 +70,6 @@ def test_classification_without_head_in_modules_to_save_is_an_error():
 
 
 def test_unknown_method_is_an_error():
-    """Only 'lora' and 'full' exist."""
-    with pytest.raises(ValueError, match="unknown method 'qlora'"):
-        prepare(GPT(BASE), "qlora", make_dataset("shift", 8, seed=0, block_size=24))
+    """Only 'lora', 'full' and 'qlora' exist."""
+    with pytest.raises(ValueError, match="unknown method 'bitfit'"):
+        prepare(GPT(BASE), "bitfit", make_dataset("shift", 8, seed=0, block_size=24))

@@ -15,7 +15,7 @@ from minilora.adapters.config import LoraConfig, resolve_targets
 from minilora.adapters.lora_model import LoraModel
 from minilora.interop import fused_qkv
 from minilora.interop.hf_gpt2 import params_from_hf, params_to_hf, read_hf_gpt2
-from minilora.interop.peft_format import PREFIX, scale
+from minilora.adapters.peft_format import PREFIX, scale
 from minilora.nn.model import GPT
 
 from interop_fixtures import (ADAPTERS, HF_TINY, captured_warnings, expected, lora_modules, max_abs, merged_model,
@@ -99,7 +99,7 @@ def trained(config, dtype=np.float64, seed=0):
 
 def merge_in_hf_layout(lm, peft, tensors) -> dict:
     """The HF base with PEFT's adapter merged as PEFT merges Conv1D layers: W_conv += s (B A)^T."""
-    from minilora.interop import patterns
+    from minilora.adapters import patterns
     state = params_to_hf(lm.config, {k: lm.params[k] for k in lm.model.own_param_names()})   # the base
     state = {PREFIX + k: v.copy() for k, v in state.items()}
     names = sorted(k.removesuffix(".lora_A.weight") for k in tensors if k.endswith(".lora_A.weight"))
@@ -187,3 +187,16 @@ def test_peft_loads_the_fused_export_on_gpt2lmheadmodel_to_the_same_logits(tmp_p
     ours, _ = lm.forward(idx)
     err = max_abs(ours, theirs)
     assert err < 1e-5, f"expected max |minilora - PEFT on GPT2LMHeadModel| < 1e-5, received {err:.2e}"
+
+
+def test_a_lora_model_adapter_exported_for_gpt2_and_read_back_gives_the_same_logits(tmp_path):
+    """write_lora_model_adapter then load_hf_gpt2_adapter on a fresh LoraModel: the logits of the original
+    (the split of the fused adapter is exact: wk gets A' with a zero B block)."""
+    lm = trained(SEPARATE)
+    folder = fused_qkv.write_lora_model_adapter(lm, tmp_path / "gpt2_adapter")
+    fresh = LoraModel(GPT(*read_hf_gpt2(HF_TINY, dtype=np.float64)))
+    name = fused_qkv.load_hf_gpt2_adapter(fresh, folder, "back")
+    idx = np.random.default_rng(2).integers(0, lm.config.vocab_size, (2, 10))
+    err = max_abs(fresh.forward(idx)[0], lm.forward(idx)[0])
+    assert fused_qkv.is_hf_gpt2_adapter(folder) and name == "back", "expected a fan_in_fan_out folder"
+    assert err < 1e-12, f"expected the original logits, max error {err:.2e}"

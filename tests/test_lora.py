@@ -1,13 +1,16 @@
 """Specification of the LoRA layer and its configuration (Hu et al. 2021, §4.1-4.2)."""
+import json
+
 import numpy as np
 import pytest
 
 from minilora.nn.gradcheck import check_layer
 from minilora.nn.layers import linear_forward
-from minilora.adapters.config import LoraConfig, expected_trainable_count, lora_param_count
+from minilora.adapters.config import LoraConfig, expected_trainable_count, lora_param_count, resolve_targets
 from minilora.adapters.lora import (init_lora_pair, lora_backward, lora_forward, lora_scale, merge_weights,
                                    unmerge_weights)
 from minilora.adapters.lora_model import LoraModel
+from minilora.nn.model import GPT
 
 from helpers import tiny_float64_base
 
@@ -234,6 +237,25 @@ def test_rank_and_alpha_patterns_set_per_module_rank_and_scale():
     assert lm.params["blocks.0.attn.wv.lora_A.weight.default"].shape == (2, 16)
 
 
+def test_overlapping_pattern_keys_resolve_by_peft_first_match_rule():
+    """PEFT's adapter_config.json with overlapping keys: minilora adapts every module at the rank and alpha
+    PEFT chose (tests/fixtures/peft_adapters/rank_alpha_patterns/resolved.json), not by the longest key."""
+    from minilora.interop.hf_gpt2 import read_hf_gpt2
+    from interop_fixtures import ADAPTERS, HF_TINY
+
+    folder = ADAPTERS / "rank_alpha_patterns"
+    peft = json.loads((folder / "adapter_config.json").read_text())
+    config = LoraConfig(r=peft["r"], lora_alpha=peft["lora_alpha"], target_modules=peft["target_modules"],
+                        rank_pattern=peft["rank_pattern"], alpha_pattern=peft["alpha_pattern"], use_rslora=True)
+    got = resolve_targets(GPT(*read_hf_gpt2(HF_TINY)), config)
+    want = {m: (v["r"], v["scaling"]) for m, v in json.loads((folder / "resolved.json").read_text()).items()}
+    assert got.keys() == want.keys(), f"expected modules {sorted(want)}, received {sorted(got)}"
+    for m, (r, s) in want.items():
+        assert got[m][0] == r and got[m][1] == pytest.approx(s, rel=1e-12), f"{m}: expected {(r, s)}, received {got[m]}"
+    assert list(peft["rank_pattern"])[:2] == ["attn.wq", "blocks.0.attn.wq"] and got["blocks.0.attn.wq"][0] == 3, \
+        "expected the first key 'attn.wq' (r = 3) to win over the longer 'blocks.0.attn.wq' (r = 5)"
+
+
 def test_trainable_count_is_2_Lhat_d_r():
     """|Theta| = 2 x L_hat x d_model x r for attention targets (§7.1)."""
     config = LoraConfig(r=4, target_modules=["wq", "wk", "wv", "wo"])
@@ -257,9 +279,12 @@ def test_everything_but_the_adapter_is_frozen():
 
 
 def test_bias_all_trains_every_linear_bias():
-    """bias='all' trains the adapter's own copy of every linear layer's bias, and the layer reads that copy."""
+    """bias='all' trains the adapter's own copy of every bias (linear and LayerNorm), and the layer reads that copy."""
     lm = LoraModel(tiny_float64_base(), LoraConfig(target_modules=["wq"], bias="all"))
     copy = lm.param_name("blocks.1.mlp.proj.bias")
     assert copy in lm.trainable and "blocks.1.mlp.proj.weight" not in lm.trainable
     assert "blocks.1.mlp.proj.bias" not in lm.trainable, "the base bias stays frozen; the adapter trains a copy"
     assert lm.model.linears["blocks.1.mlp.proj"].tensors["bias"] == copy
+    ln_copy = lm.param_name("blocks.0.ln2.bias")
+    assert ln_copy in lm.trainable and lm.model.norms["blocks.0.ln2"]["bias"] == ln_copy, \
+        "PEFT's bias='all' trains LayerNorm biases too"

@@ -1,4 +1,4 @@
-"""Spec of minilora.interop.patterns: PEFT's target and rank/alpha pattern rules.
+"""Spec of minilora.adapters.patterns: PEFT's target and rank/alpha pattern rules.
 
 The reference is what PEFT itself chose for the committed adapters (resolved.json, written by
 scripts/make_reference_fixtures.py from the live PeftModel's layers).
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from minilora.interop import patterns
+from minilora.adapters import patterns
 from minilora.io import load_tensors
 from minilora.nn.model import GPTConfig
 

@@ -1,4 +1,4 @@
-"""Spec of minilora.interop.peft_format: adapter folders PEFT writes and reads.
+"""Spec of minilora.adapters.peft_format: adapter folders PEFT writes and reads.
 
 Without PyTorch: the committed folders PEFT saved (tests/fixtures/peft_adapters) translate to
 minilora tensors and a LoraConfig whose merged weights reproduce PEFT's own outputs. Float64 merged
@@ -13,10 +13,11 @@ import pytest
 
 from minilora import io
 from minilora.adapters.config import LoraConfig, resolve_targets
+from minilora.adapters.files import read_adapter
 from minilora.adapters.lora import INITS
 from minilora.adapters.lora_model import LoraModel
-from minilora.interop import patterns
-from minilora.interop.peft_format import (PREFIX, config_from_peft, config_to_peft, read_peft_adapter,
+from minilora.adapters import patterns
+from minilora.adapters.peft_format import (PREFIX, config_from_peft, config_to_peft, read_peft_adapter,
                                           state_from_peft, state_to_peft, write_peft_adapter)
 from minilora.nn.model import GPT
 
@@ -34,6 +35,12 @@ def peft_files(name):
     return json.loads((folder / "adapter_config.json").read_text()), raw, meta
 
 
+def read_as_lora(folder):
+    """(LoraConfig, tensors, facts) from read_peft_adapter's plain fields."""
+    values, tensors, facts = read_peft_adapter(folder)
+    return LoraConfig(**values), tensors, facts
+
+
 def scales_of(config: LoraConfig) -> dict:
     """module -> scale as minilora's own resolve_targets computes it for the translated config."""
     base = GPT(*_base_args())
@@ -49,7 +56,7 @@ def _base_args():
 @pytest.mark.parametrize("name", CASES_LM)
 def test_peft_written_adapter_reproduces_peft_logits(name):
     """read_peft_adapter + minilora's own rank/scale resolution + W0 + s B A give PEFT's logits."""
-    config, tensors, facts = read_peft_adapter(ADAPTERS / name)
+    config, tensors, facts = read_as_lora(ADAPTERS / name)
     ref = expected(ADAPTERS / name)
     logits, _ = merged_model(tensors, scales_of(config)).forward(ref["tokens"])
     base, _ = merged_model({}, {}).forward(ref["tokens"])
@@ -61,7 +68,7 @@ def test_peft_written_adapter_reproduces_peft_logits(name):
 
 def test_peft_saved_head_and_layernorm_reproduce_peft_class_logits():
     """modules_to_save=['head', 'ln_f']: PEFT's saved copies become minilora's head and ln_f."""
-    config, tensors, _ = read_peft_adapter(ADAPTERS / "modules_to_save_head")
+    config, tensors, _ = read_as_lora(ADAPTERS / "modules_to_save_head")
     ref = expected(ADAPTERS / "modules_to_save_head")
     assert config.modules_to_save == ("head", "ln_f"), f"expected ('head', 'ln_f'), received {config.modules_to_save}"
     logits, _ = merged_model(tensors, scales_of(config)).classify(ref["tokens"], ref["last"])
@@ -81,20 +88,20 @@ def test_peft_dora_tensors_reproduce_peft_logits_by_the_dora_formula():
     assert err < TOL, f"expected max |logits - PEFT's DoRA| < {TOL}, received {err:.2e}"
 
 
-def test_dora_config_is_refused_until_minilora_has_dora():
+def test_dora_config_is_read_as_dora_never_as_plain_lora():
     """use_dora = true is not silently read as plain LoRA."""
     if "use_dora" in LoraConfig.__dataclass_fields__:
-        config, _, _ = read_peft_adapter(ADAPTERS / "dora")
+        _, config, _ = read_adapter(ADAPTERS / "dora")
         assert config.use_dora, "expected use_dora carried over"
     else:
         with pytest.raises(ValueError, match="DoRA"):
-            read_peft_adapter(ADAPTERS / "dora")
+            read_adapter(ADAPTERS / "dora")
 
 
 @pytest.mark.parametrize("name", CASES_LM + ("modules_to_save_head",))
 def test_translated_config_adapts_exactly_the_modules_in_the_file(name):
     """minilora's resolve_targets on the translated config gives the file's modules with their ranks."""
-    config, tensors, _ = read_peft_adapter(ADAPTERS / name)
+    config, tensors, _ = read_as_lora(ADAPTERS / name)
     received = {m: r for m, (r, _) in resolve_targets(GPT(*_base_args()), config).items()}
     want = {m: tensors[m + ".lora_A.weight"].shape[0] for m in adapted_names(tensors)}
     assert received == want, f"expected modules and ranks {want}, received {received}"
@@ -113,7 +120,7 @@ def test_tensor_names_translate_back_to_exactly_peft_keys(name):
 def test_written_config_means_what_peft_wrote(name):
     """config_to_peft(config_from_peft(x)) has PEFT's values, and its patterns resolve to PEFT's choices."""
     peft, raw, _ = peft_files(name)
-    config = config_from_peft(peft, state_from_peft(raw))
+    config = LoraConfig(**config_from_peft(peft, state_from_peft(raw)))
     resolved = json.loads((ADAPTERS / name / "resolved.json").read_text())
     ours = config_to_peft(config, {m: (v["r"], v["lora_alpha"]) for m, v in resolved.items()})
     for field in ("peft_type", "task_type", "bias", "layers_to_transform", "layers_pattern", "use_rslora",
@@ -167,7 +174,7 @@ def test_minilora_adapter_round_trips_through_peft_files(tmp_path):
     """write_peft_adapter then read_peft_adapter: same tensors, same (r, scale) per module, init and seed kept."""
     lm = trained_lora_model(RICH)
     write_peft_adapter(tmp_path, RICH, lora_modules(lm), lm.adapter_state(), facts={"adapter_name": "default"})
-    config, tensors, facts = read_peft_adapter(tmp_path)
+    config, tensors, facts = read_as_lora(tmp_path)
     state = lm.adapter_state()
     assert sorted(tensors) == sorted(state), f"expected {sorted(state)}, received {sorted(tensors)}"
     assert all(np.array_equal(tensors[k], state[k]) for k in state), "expected bit-identical tensors"
@@ -238,3 +245,13 @@ def test_peft_writes_pattern_keys_sorted(tmp_path):
     model.save_pretrained(tmp_path)
     written = list(json.loads((tmp_path / "adapter_config.json").read_text())["rank_pattern"])
     assert written == ["blocks.0.attn.wq", "wq"], f"expected sorted keys, received {written}"
+
+
+def test_peft_wrapper_names_of_a_saved_module_read_as_the_module_itself():
+    """bias='all' with modules_to_save makes PEFT write ln_f.modules_to_save.bias (a duplicate of the trained
+    ln_f.bias) and ln_f.original_module.bias (the base's value): minilora keeps the trained copy only."""
+    trained, base = np.ones(3), np.zeros(3)
+    raw = {PREFIX + "ln_f.bias": trained, PREFIX + "ln_f.modules_to_save.bias": trained,
+           PREFIX + "ln_f.original_module.bias": base, PREFIX + "ln_f.weight": trained}
+    got = state_from_peft(raw)
+    assert sorted(got) == ["ln_f.bias", "ln_f.weight"] and got["ln_f.bias"] is trained, f"received {got}"

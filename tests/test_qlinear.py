@@ -1,4 +1,4 @@
-"""Spec: the frozen 4-bit linear layer of QLoRA (minilora.adapters.qlinear).
+"""Spec: the frozen 4-bit linear layer of QLoRA and its registry kind (minilora.adapters.qlinear).
 
 Expected values: the plain linear layer on the dequantized weight (QLoRA eq. 5), and central
 differences for the input gradient (minilora.nn.gradcheck) in float64.
@@ -6,10 +6,12 @@ differences for the input gradient (minilora.nn.gradcheck) in float64.
 import numpy as np
 import pytest
 
-from minilora.adapters.qlinear import qlinear_backward, qlinear_forward
-from minilora.adapters.quant_tensor import QuantizedTensor, quantize
+from minilora.adapters.qlinear import (Held4bit, from_storage, frozen_weight, hold_4bit, qlinear_backward,
+                                       qlinear_forward, quant_options, reload_4bit, storage_tensors)
+from minilora.adapters.quant_tensor import quantize
 from minilora.nn.gradcheck import check_layer
 from minilora.nn.layers import linear_backward, linear_forward
+from minilora.nn.linears import get_kind
 
 
 def layer(seed=0, d_out=24, d_in=40, double_quant=True):
@@ -80,3 +82,63 @@ def test_an_unquantized_weight_is_refused():
     """Passing a plain array instead of a QuantizedTensor is a TypeError saying to quantize first."""
     with pytest.raises(TypeError, match="quantize the weight first"):
         qlinear_forward(np.ones((3, 8)), np.ones((4, 8)))
+
+
+# --------------------------------------------------------------------------- a 4-bit weight as data, the kind
+
+
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_storage_tensors_and_options_describe_the_same_weight(double_quant):
+    """from_storage(storage_tensors(q), **quant_options(q)) dequantizes to q's weights, with no array copied."""
+    qw, _, _ = layer(double_quant=double_quant)
+    parts = storage_tensors(qw)
+    back = from_storage(parts, **quant_options(qw))
+    expected_roles = {"codes", "absmax"} | ({"nested_absmax", "nested_offset"} if double_quant else set())
+    assert set(parts) == expected_roles, f"expected roles {sorted(expected_roles)}, got {sorted(parts)}"
+    assert back.packed is qw.packed, "the codes were copied"
+    assert np.array_equal(back.dequantize(), qw.dequantize()), "the weights differ"
+
+
+def test_the_qlinear_kind_runs_the_pair_on_the_specs_tensors(rng):
+    """The kind "qlinear" gives the pair's output and dx, and a bias gradient only when the bias trains."""
+    qw, b, x = layer(seed=4)
+    t = {**storage_tensors(qw), "bias": b}
+    kind = get_kind("qlinear")
+    y, cache = kind.forward(x, t, **quant_options(qw))
+    expected, _ = qlinear_forward(x, qw, b)
+    assert np.array_equal(y, expected), f"max |diff| {np.abs(y - expected).max()}"
+    dy = rng.standard_normal(y.shape)
+    for needs in (frozenset(), frozenset({"bias"})):
+        dx, grads = kind.backward(dy, cache, needs)
+        assert set(grads) == set(needs), f"asked for {sorted(needs)}, got {sorted(grads)}"
+        assert np.array_equal(dx, qlinear_backward(dy, cache)), "dx differs from the pair's"
+    assert np.allclose(grads["bias"], dy.sum(axis=(0, 1))), "db is not dy summed over rows"
+
+
+@pytest.mark.parametrize("role", ["codes", "absmax", "nested_absmax"])
+def test_a_4bit_weight_marked_trainable_is_refused(role):
+    """No gradient exists for a 4-bit weight (QLoRA eq. 6): asking for one is a RuntimeError saying so."""
+    qw, b, x = layer()
+    kind = get_kind("qlinear")
+    y, cache = kind.forward(x, {**storage_tensors(qw), "bias": b}, **quant_options(qw))
+    with pytest.raises(RuntimeError, match="gets no gradient"):
+        kind.backward(np.ones_like(y), cache, frozenset({role}))
+
+
+def test_hold_keeps_the_4bit_weight_and_reload_dequantizes_it_again():
+    """hold_4bit swaps the float W (by identity) for a Held4bit; reload_4bit gives the same W back."""
+    qw, b, x = layer()
+    t, quant = storage_tensors(qw), quant_options(qw)
+    W = frozen_weight(np.float64, t, quant)
+    held = hold_4bit((x, W, b), W, t, quant)
+    assert held[0] is x and held[2] is b and isinstance(held[1], Held4bit), f"got {[type(c).__name__ for c in held]}"
+    back = reload_4bit(held)
+    assert back[1] is not W and np.array_equal(back[1], W), "reloaded weight differs"
+
+
+def test_a_float_base_passes_through_unchanged():
+    """With no quantization options the helpers are the identity: W0 is t["weight"] and the cache is kept."""
+    W = np.ones((3, 4))
+    cache = (W, 2.0)
+    assert frozen_weight(np.float64, {"weight": W}, {}) is W, "a float W0 was not returned as is"
+    assert hold_4bit(cache, W, {"weight": W}, {}) is cache, "a float cache was changed"

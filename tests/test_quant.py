@@ -74,6 +74,35 @@ def test_an_odd_count_pads_with_the_code_of_zero():
 
 
 # --------------------------------------------------------------------------- blockwise absmax
+def test_quantize_blockwise_on_a_worked_example():
+    """Blocks of 2: [0.5, -1.0 | 0.25, 0.0] -> scales [1.0, 0.25], values [0.5, -1, 1, 0] -> their nearest NF4 codes."""
+    code = code_for("nf4")
+    flat = np.array([0.5, -1.0, 0.25, 0.0], dtype=np.float32)
+    idx, absmax = q.quantize_blockwise(flat, code, 2)
+    scaled = np.array([0.5, -1.0, 1.0, 0.0], dtype=np.float32)
+    nearest = np.abs(code[None, :] - scaled[:, None]).argmin(axis=1)      # brute force over the 16 values
+    assert absmax.tolist() == [1.0, 0.25], f"expected scales [1.0, 0.25], got {absmax.tolist()}"
+    assert idx.tolist() == nearest.tolist(), f"expected codes {nearest.tolist()}, got {idx.tolist()}"
+
+
+def test_quantize_blockwise_drops_the_padding_of_a_partial_block():
+    """5 values in blocks of 4: 5 codes come back (not 8) and 2 scales, the second from the last value alone."""
+    flat = np.array([0.1, -0.2, 0.3, -0.4, 0.05], dtype=np.float32)
+    idx, absmax = q.quantize_blockwise(flat, code_for("nf4"), 4)
+    assert idx.shape == (5,) and absmax.tolist() == [np.float32(0.4), np.float32(0.05)], \
+        f"got {idx.shape} codes and scales {absmax.tolist()}"
+
+
+def test_dequantize_blockwise_multiplies_each_code_by_its_block_scale():
+    """Codes [0, 15 | 7, 9], scales [2, 0.5], blocks of 2: [2 code[0], 2 code[15], 0.5 code[7], 0.5 code[9]]."""
+    code = code_for("nf4")
+    idx = np.array([0, 15, 7, 9], dtype=np.uint8)
+    x_hat = q.dequantize_blockwise(idx, np.array([2.0, 0.5], dtype=np.float32), code, 2)
+    expected = np.array([2 * code[0], 2 * code[15], 0.5 * code[7], 0.5 * code[9]], dtype=np.float32)
+    assert x_hat.dtype == np.float32, f"expected float32, got {x_hat.dtype}"
+    assert np.array_equal(x_hat, expected), f"expected {expected}, got {x_hat}"
+
+
 def test_each_block_is_scaled_by_its_own_largest_magnitude():
     """absmax holds max |x| of each block of 64 in row-major order, the last (partial) block included."""
     x = gaussian((3, 50))                                  # 150 values: blocks of 64, 64 and 22

@@ -4,7 +4,8 @@ An adapter config (``LoraConfig``, ``AdapterConfig``, ...) builds an adapter's p
 
     tensors   its own tensors by file key, e.g. "blocks.0.attn.wq.lora_A.weight" -> A (r, C)
     specs     the linear layers it changes, as ``LinearSpec``s reading base params or its own keys
-    saved     base params it trains its own copy of (modules_to_save, biases), e.g. "head.weight"
+    saved     base params it keeps its own copy of (modules_to_save, biases), e.g. "head.weight"
+    frozen    own keys that do not train (PiSSA's residual copy of W0, LoRA-FA's A)
 
 ``AdaptedModel`` stores each tensor in ``model.params`` as "{key}.{adapter}" and keeps each
 adapter's layout (module -> spec, pointing at those names). Setting an adapter installs its layout
@@ -24,11 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from minilora import io
-from minilora.adapters import files
+from minilora.adapters import files, qmerge
 from minilora.nn import backend
 from minilora.nn.backend import xp
 from minilora.nn.linears import LinearSpec, get_kind
-from minilora.nn.model import GPT, SHORT_NAMES, param_shapes
+from minilora.nn.model import GPT, SHORT_NAMES
+
+BASE_KINDS = ("linear", "qlinear")       # the base model's own layers: float, or frozen in 4 bits (QLoRA)
 
 
 @dataclass
@@ -36,8 +39,8 @@ class AdapterParts:
     """What a config builds for one adapter (see the module docstring)."""
     tensors: dict                                   # file key -> array: the adapter's own tensors
     specs: dict                                     # module -> LinearSpec (refers to base names or own keys)
-    saved: list = field(default_factory=list)       # base params it trains a copy of (besides modules_to_save)
-    frozen: set = field(default_factory=set)        # own keys that stay frozen (e.g. LoRA-FA's A)
+    saved: list = field(default_factory=list)       # base params it keeps a copy of (besides modules_to_save)
+    frozen: set = field(default_factory=set)        # own keys that stay frozen (PiSSA's residual, LoRA-FA's A)
 
 
 def saved_param_names(modules: dict, names) -> list[str]:
@@ -62,7 +65,7 @@ class AdaptedModel:
     """A frozen GPT with named adapters; one is active at a time."""
 
     def __init__(self, model: GPT, config=None, adapter_name: str = "default"):
-        adapted = sorted(m for m, s in model.linears.items() if s.kind != "linear")
+        adapted = sorted(m for m, s in model.linears.items() if s.kind not in BASE_KINDS)
         if adapted:
             raise ValueError(f"this GPT already carries adapters ({adapted[:3]} ...): another adapter model wraps "
                              f"it. Add this adapter to that one with add_adapter (one model hosts adapters of any "
@@ -80,7 +83,7 @@ class AdaptedModel:
         self.base_linears = dict(model.linears)
         self.base_norms = {n: dict(t) for n, t in model.norms.items()}
         self.norm_layouts: dict[str, dict] = {}  # adapter -> {layer norm: {role: param}} it redirects
-        self.base_fingerprint = io.fingerprint({k: model.params[k] for k in param_shapes(model.config)})
+        self.base_fingerprint = io.fingerprint({k: model.params[k] for k in model.base_param_names()})
         model.freeze()                           # Hu et al. 2021, §4.1: the pre-trained weights stay frozen
         if config is not None:
             self.add_adapter(adapter_name, config)
@@ -133,9 +136,13 @@ class AdaptedModel:
         parts = config.build(self.model, self.base_linears)
         base_modules = {**{m: s.tensors for m, s in self.base_linears.items()}, **self.base_norms}
         saved = sorted(set(parts.saved) | set(saved_param_names(base_modules, config.modules_to_save)))
+        in_4bit = sorted(set(saved) & {p for ps in self.model.weight_parts.values() for p in ps})
+        if in_4bit:
+            raise ValueError(f"modules_to_save would train a copy of a 4-bit weight ({in_4bit[:2]} ...), which has no "
+                             f"gradient; adapt that layer with LoRA instead, or save only float modules (head, ln_f)")
         tensors = dict(parts.tensors)
-        for p in saved:                                       # the adapter's own copy starts from the base
-            tensors[p] = self.model.params[p].copy()
+        for p in saved:                       # the adapter's own copy starts from the base, unless the config
+            tensors.setdefault(p, self.model.params[p].copy())   # gave its start (PiSSA's residual W0 - s B A)
         own = set(tensors)
         rename = {k: self.param_name(k, adapter_name) for k in own}
         touched = {m: s for m, s in self.base_linears.items() if set(s.tensors.values()) & set(saved)}
@@ -225,10 +232,12 @@ class AdaptedModel:
         name = self._require_active("merge")
         if self.merged:
             raise RuntimeError(f"adapter {name!r} is already merged; merging twice would add its update twice")
+        if self.model.weight_parts:
+            raise ValueError(qmerge.IN_PLACE_MERGE_REFUSED)
         merged, states = {}, {}
         for m, spec in self.layouts[name].items():
             kind = get_kind(spec.kind)
-            if kind.name == "linear":
+            if kind.name in BASE_KINDS:
                 continue
             if kind.merge is None:
                 raise ValueError(f"{m} is a {kind.name!r} layer, which cannot be folded into one weight matrix; "
@@ -260,11 +269,16 @@ class AdaptedModel:
         self._merge_states, self.merged = {}, False
         self._apply()
 
-    def merge_and_unload(self) -> GPT:
+    def merge_and_unload(self, *, requantize: bool = False) -> GPT:
         """Merge the active adapter and return a plain GPT (own copies, no adapter tensors).
 
-        The adapter's trained copies (a head, biases) become the plain model's parameters.
+        The adapter's trained copies (a head, biases) become the plain model's parameters. On a
+        4-bit base (QLoRA) the result is a float32 GPT, W = dequant(W0) + s B A, what QLoRA users
+        do; ``requantize=True`` stores the merged weights in 4 bits again, which loses part of a
+        small update (``minilora.adapters.qmerge``).
         """
+        if self.model.weight_parts or requantize:
+            return qmerge.merge_and_unload_4bit(self, requantize=requantize)
         if not self.merged:
             self.merge_adapter()
         name = self.active_adapter
@@ -279,8 +293,10 @@ class AdaptedModel:
     def trainable_report(self) -> dict:
         """Trainable and total parameter counts (base + active adapter), percent, bytes of Adam state."""
         n_train = self.num_params(trainable_only=True)
-        active = {self.param_name(k) for k in self.own_keys.get(self.active_adapter, [])}
-        n_all = sum(int(self.model.params[k].size) for k in set(self.model.own_param_names()) | active)
+        size = lambda adapter: sum(int(self.model.params[self.param_name(k, adapter)].size)  # noqa: E731
+                                   for k in self.own_keys.get(adapter, []))
+        # the base (a 4-bit weight counted by its weights: GPT.num_params) plus the active adapter only
+        n_all = self.model.num_params() - sum(size(a) for a in self.adapters) + size(self.active_adapter)
         itemsize = np.dtype(self.dtype).itemsize
         return {"trainable": n_train, "total": n_all, "percent": 100.0 * n_train / n_all,
                 "trainable_bytes": n_train * itemsize, "adam_state_bytes": 2 * n_train * itemsize}

@@ -46,6 +46,7 @@ import numpy as np
 from minilora.adapters.adapted import AdaptedModel, AdapterParts
 from minilora import checks
 from minilora.adapters.files import ENVELOPE, register_config
+from minilora.adapters.qlinear import frozen_weight, hold_4bit, refuse_training_the_4bit_weight, reload_4bit
 from minilora.nn import backend
 from minilora.nn.layers import gelu_backward, gelu_forward, linear_backward, linear_forward
 from minilora.nn.linears import LinearKind, LinearSpec, register
@@ -95,14 +96,17 @@ def init_adapter(C: int, m: int, *, std: float = 0.02, rng=None, dtype=None) -> 
 
 
 # --------------------------------------------------------------------------- the registry entry
-def _bottleneck_linear_forward(x, t, *, training=False, rng=None):
+def _bottleneck_linear_forward(x, t, *, training=False, rng=None, **quant):
     """The "bottleneck" kind: the frozen linear layer, then its adapter. x (B, T, d_in) -> z (B, T, C).
 
-    cache = (the frozen linear's cache, the adapter's cache).
+    cache = (the frozen linear's cache, the adapter's cache). On a 4-bit base (``quant``: the spec's
+    quantization options, ``minilora.adapters.qlinear``) W0 is dequantized for the product and the
+    cache keeps the 4-bit weight.
     """
-    y, c_lin = linear_forward(x, t["weight"], t.get("bias"))
+    W0 = frozen_weight(x.dtype, t, quant)                    # (d_out, d_in)
+    y, c_lin = linear_forward(x, W0, t.get("bias"))
     z, c_ad = adapter_forward(y, t["down_weight"], t["down_bias"], t["up_weight"], t["up_bias"])
-    return z, (c_lin, c_ad)
+    return z, (hold_4bit(c_lin, W0, t, quant), c_ad)
 
 
 def _bottleneck_linear_backward(dz, cache, needs):
@@ -110,10 +114,11 @@ def _bottleneck_linear_backward(dz, cache, needs):
     if "weight" in needs or "bias" in needs:
         raise RuntimeError("the layer an adapter follows stays frozen (its backward computes no dW0 or db0); "
                            "freeze it again, or unload() the adapters and train the plain model")
+    refuse_training_the_4bit_weight(needs, "bottleneck")
     c_lin, c_ad = cache
     dy, *dparams = adapter_backward(dz, c_ad)                # forward: z = adapter(y)
     grads = dict(zip(("down_weight", "down_bias", "up_weight", "up_bias"), dparams))
-    dx, _, _ = linear_backward(dy, c_lin, weight_grad=False)  # forward: y = x W0^T + b0
+    dx, _, _ = linear_backward(dy, reload_4bit(c_lin), weight_grad=False)  # forward: y = x W0^T + b0
     return dx, {role: g for role, g in grads.items() if role in needs}
 
 
@@ -160,7 +165,8 @@ class AdapterConfig:
             init = init_adapter(model.config.n_embd, self.bottleneck, std=self.init_std, rng=rng, dtype=model.dtype)
             keys = {role: f"{name}.{key}" for role, key in zip(ADAPTER_ROLES, ADAPTER_KEYS)}
             tensors.update({keys[role]: init[key] for role, key in zip(ADAPTER_ROLES, ADAPTER_KEYS)})
-            specs[name] = LinearSpec("bottleneck", {**base_linears[name].tensors, **keys})
+            base = base_linears[name]                         # a 4-bit base's options say how to dequantize W0
+            specs[name] = LinearSpec("bottleneck", {**base.tensors, **keys}, dict(base.options))
         return AdapterParts(tensors, specs)                   # modules_to_save: the host adds those
 
 

@@ -24,10 +24,18 @@ Three choices, each documented where it is made:
 The bias is added after the factor (PEFT subtracts it before rescaling), so its gradient is the
 plain linear layer's ``db = dy summed over rows``; ``dora_backward`` leaves it to the caller,
 like ``lora_backward``.
+
+The registry entry "dora" (bottom of this module) runs these functions for a model: roles weight,
+bias, lora_A, lora_B and lora_magnitude (m, saved under PEFT's name ``lora_magnitude_vector``),
+options scale, dropout and detach_norm; ``LoraConfig(use_dora=True)`` builds such layers.
 """
 from __future__ import annotations
 
+from minilora.adapters.lora import dropout_mask
 from minilora.nn.backend import xp
+from minilora.nn.linears import LinearKind, register
+
+MAGNITUDE = "lora_magnitude_vector"      # m's file key under its module, PEFT's name: "{module}.lora_magnitude_vector"
 
 
 # --------------------------------------------------------------------------- magnitude and factor
@@ -79,6 +87,7 @@ def dora_forward(x, W0, b, A, B_, m, scale, dropout_mask=None):
     Without a mask x~ = x and y = x W'^T + b: in eval the layer equals the merged one.
     V itself is needed for its norm only; the output uses x W0^T + s (x A^T) B^T, as LoRA does.
     """
+    ### BEGIN SOLUTION
     x2 = x.reshape(-1, x.shape[-1])                           # (N, d_in)
     xd = x2 if dropout_mask is None else x2 * dropout_mask.reshape(x2.shape)
     V, C = adapted_weight_and_norm(W0, A, B_, scale)          # (d_out, d_in), (d_out,)
@@ -90,6 +99,7 @@ def dora_forward(x, W0, b, A, B_, m, scale, dropout_mask=None):
         y += (x2 - xd) @ W0.T                                 # PEFT: the dropped part skips the factor
     if b is not None:
         y += b                                                # after the factor, as PEFT adds it
+    ### END SOLUTION
     cache = (x2, xd, W0, A, B_, V, C, g, u, zv, scale, dropout_mask, x.shape)
     return y.reshape(*x.shape[:-1], W0.shape[0]), cache
 
@@ -97,24 +107,26 @@ def dora_forward(x, W0, b, A, B_, m, scale, dropout_mask=None):
 def dora_backward(dy, cache, *, detach_norm=True):
     """dy (..., d_out) -> dx (..., d_in), dA (r, d_in), dB (d_out, r), dm (d_out,). No dW0.
 
-    G = dL/dW' is never formed; per row j the paper's gradients are
-        eq. 7:  dm_j = G_j . V_j / C_j                         (the same in both modes)
-        eq. 6:  dV_j = g_j (G_j - (dm_j / C_j) V_j)            (detach_norm=False: exact)
-        §4.3:   dV_j = g_j G_j                                 (detach_norm=True: C a constant)
-    and dA = s B^T dV, dB = s dV A^T, because V = W0 + s B A.
-
     detach_norm=True (default; the paper's memory trick, used in all its experiments, and PEFT's
     behaviour): C = ||V|| is treated as a constant, so A and B get the gradient of the loss with C
     held fixed, not of the true loss; the trick drops the term of eq. 6 that projects the gradient
     away from V. dm and dx are exact in both modes: C depends on neither m nor x.
-    detach_norm=False: the exact gradient of eq. 5. The extra term is -k_j V_j with
-    k = g dm / C, added to dB and dA through V A^T and B^T V, so G is still not needed. Here the
-    exact mode costs two thin products and no memory (V is cached for the norm anyway); the memory
-    the §4.3 trick saves in the paper is what autograd keeps to differentiate through the norm.
+    detach_norm=False: the exact gradient of eq. 5. Here the exact mode costs two thin products and
+    no memory (V is cached for the norm anyway); the memory the §4.3 trick saves in the paper is
+    what autograd keeps to differentiate through the norm.
     Rows with C = 0 have g = 0 (``dora_factor``): their dm and correction are 0.
     The bias gradient, if the bias trains, is dy summed over rows (the caller's, as for LoRA).
+    ### BEGIN HINT
+    G = dL/dW' is never formed; per row j the paper's gradients are
+        eq. 7:  dm_j = G_j . V_j / C_j                         (the same in both modes)
+        eq. 6:  dV_j = g_j (G_j - (dm_j / C_j) V_j)            (detach_norm=False: exact)
+        §4.3:   dV_j = g_j G_j                                 (detach_norm=True: C a constant)
+    and dA = s B^T dV, dB = s dV A^T, because V = W0 + s B A. The exact mode's extra term is
+    -k_j V_j with k = g dm / C, added to dB and dA through V A^T and B^T V, so G is still not needed.
+    ### END HINT
     """
     x2, xd, W0, A, B_, V, C, g, u, zv, scale, dropout_mask, x_shape = cache
+    ### BEGIN SOLUTION
     dy2 = dy.reshape(-1, dy.shape[-1])                        # (N, d_out)
     live = C > 0
     dm = xp.where(live, (dy2 * zv).sum(axis=0) / xp.where(live, C, 1.0), 0.0)
@@ -134,6 +146,7 @@ def dora_backward(dy, cache, *, detach_norm=True):
         k = xp.where(live, g * dm / xp.where(live, C, 1.0), 0.0)   # (d_out,)
         dB -= scale * (k[:, None] * (V @ A.T))                # s (-k V) A^T, (d_out, r)
         dA -= scale * ((B_ * k[:, None]).T @ V)               # s B^T (-k V), (r, d_in)
+    ### END SOLUTION
     return dx.reshape(x_shape), dA, dB, dm
 
 
@@ -146,8 +159,8 @@ def dora_merge(W0, A, B_, m, scale):
     norm "has to be based on the original weights" and cannot be recomputed from W'.
     ``merge_and_unload`` is this W' with the adapter dropped.
     """
-    V, C = adapted_weight_and_norm(W0, A, B_, scale)
-    return dora_factor(m, C)[:, None] * V, C
+    V, weight_norm = adapted_weight_and_norm(W0, A, B_, scale)     # (d_out, d_in), (d_out,)
+    return dora_factor(m, weight_norm)[:, None] * V, weight_norm
 
 
 def dora_unmerge(W, A, B_, m, scale, weight_norm):
@@ -167,3 +180,39 @@ def dora_unmerge(W, A, B_, m, scale, weight_norm):
     live = (weight_norm > 0)[:, None]
     V = W / xp.where(live, g[:, None], 1.0)                   # merged: W' = g V
     return xp.where(live, V, 0.0) - scale * (B_ @ A)
+
+
+# --------------------------------------------------------------------------- the registry entry
+def _dora_linear_forward(x, t, *, scale, dropout=0.0, detach_norm=True, training=False, rng=None):
+    """The "dora" kind: dora_forward on the spec's tensors; dropout on the DoRA path in training only."""
+    mask = dropout_mask(rng, x.shape, dropout, x.dtype) if training and dropout > 0.0 else None
+    y, cache = dora_forward(x, t["weight"], t.get("bias"), t["lora_A"], t["lora_B"], t["lora_magnitude"],
+                            scale, mask)
+    return y, (cache, detach_norm)
+
+
+def _dora_linear_backward(dy, outer, needs):
+    """dora_backward in the spec's mode, keeping the gradients the model asks for; W0 gets none."""
+    cache, detach_norm = outer
+    if "weight" in needs:
+        raise RuntimeError("the frozen W0 of a DoRA layer was marked trainable, but DoRA computes no dW0; "
+                           "freeze it again, or merge_and_unload() and train the plain model")
+    dx, dA, dB, dm = dora_backward(dy, cache, detach_norm=detach_norm)
+    grads = {"lora_A": dA, "lora_B": dB, "lora_magnitude": dm}
+    if "bias" in needs:                                       # added after the factor: db = dy summed over rows
+        grads["bias"] = dy.reshape(-1, dy.shape[-1]).sum(axis=0)
+    return dx, {role: g for role, g in grads.items() if role in needs}
+
+
+def _dora_merge(t, *, scale, dropout=0.0, detach_norm=True):
+    """(W', the norm ||V|| as the state unmerge needs), as PEFT caches "{adapter}-weight_norm"."""
+    return dora_merge(t["weight"], t["lora_A"], t["lora_B"], t["lora_magnitude"], scale)
+
+
+def _dora_unmerge(W, t, state, *, scale, dropout=0.0, detach_norm=True):
+    return dora_unmerge(W, t["lora_A"], t["lora_B"], t["lora_magnitude"], scale, state)
+
+
+DORA = register(LinearKind("dora", ("weight", "bias", "lora_A", "lora_B", "lora_magnitude"), _dora_linear_forward,
+                           _dora_linear_backward, merge=_dora_merge, unmerge=_dora_unmerge,
+                           stochastic=lambda options: options.get("dropout", 0.0) > 0.0))

@@ -15,7 +15,9 @@ This module holds the math of the layer, as pure functions: ``lora_forward`` / `
 (the factor s, the paper's or rsLoRA's); and its entry
 "lora" in the registry of linear kinds (``minilora.nn.linears``), through which the model runs an
 adapted layer. ``minilora.adapters.config.LoraConfig`` says which layers to adapt, and
-``minilora.adapters.lora_model.LoraModel`` puts adapters on a ``GPT``.
+``minilora.adapters.lora_model.LoraModel`` puts adapters on a ``GPT``. On a base stored in 4 bits
+(``minilora.adapters.qbase.quantize_base``) the same kind is QLoRA (Dettmers et al. 2023): its
+registry entry dequantizes W0 for each product and hands the textbook pair a float W0.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import numpy as np
 from minilora.nn import backend
 from minilora.nn.layers import linear_forward
 from minilora.nn.linears import LinearKind, register
+from minilora.adapters.qlinear import frozen_weight, hold_4bit, refuse_training_the_4bit_weight, reload_4bit
 
 INITS = ("gaussian", "peft_gaussian", "kaiming", "reversed", "zeros")
 
@@ -149,10 +152,17 @@ def dropout_mask(rng, shape, p: float, dtype):
     return backend.asarray(keep / (1.0 - p), dtype=dtype)
 
 
-def _lora_linear_forward(x, t, *, scale, dropout=0.0, training=False, rng=None):
-    """The "lora" kind: lora_forward on the spec's tensors; dropout on the A path in training only."""
+def _lora_linear_forward(x, t, *, scale, dropout=0.0, training=False, rng=None, **quant):
+    """The "lora" kind: lora_forward on the spec's tensors; dropout on the A path in training only.
+
+    On a 4-bit base (QLoRA, Dettmers et al. 2023, eq. 5: the spec's roles are the weight's parts and
+    ``quant`` its quantization options, ``minilora.adapters.qlinear``) W0 is dequantized for the
+    product, and the cache keeps the 4-bit weight instead of the float copy.
+    """
     mask = dropout_mask(rng, x.shape, dropout, x.dtype) if training and dropout > 0.0 else None
-    return lora_forward(x, t["weight"], t.get("bias"), t["lora_A"], t["lora_B"], scale, mask)
+    W0 = frozen_weight(x.dtype, t, quant)                     # (d_out, d_in)
+    y, cache = lora_forward(x, W0, t.get("bias"), t["lora_A"], t["lora_B"], scale, mask)
+    return y, hold_4bit(cache, W0, t, quant)
 
 
 def _lora_linear_backward(dh, cache, needs):
@@ -160,18 +170,20 @@ def _lora_linear_backward(dh, cache, needs):
     if "weight" in needs:
         raise RuntimeError("the frozen W0 of a LoRA layer was marked trainable, but LoRA computes no dW0; "
                            "freeze it again, or merge_and_unload() and train the plain model")
-    dx, dA, dB = lora_backward(dh, cache)
+    refuse_training_the_4bit_weight(needs, "lora")
+    dx, dA, dB = lora_backward(dh, reload_4bit(cache))        # QLoRA eq. 6: dX through the dequantized W0
     grads = {"lora_A": dA, "lora_B": dB}
     if "bias" in needs:                                       # bias="all" or "lora_only" (a copy per adapter)
         grads["bias"] = dh.reshape(-1, dh.shape[-1]).sum(axis=0)
     return dx, {role: g for role, g in grads.items() if role in needs}
 
 
-def _lora_merge(t, *, scale, dropout=0.0):
-    return merge_weights(t["weight"], t["lora_A"], t["lora_B"], scale), None
+def _lora_merge(t, *, scale, dropout=0.0, **quant):
+    """W0 + s B A as a float matrix (on a 4-bit base: the dequantized W0 + s B A, not re-quantized)."""
+    return merge_weights(frozen_weight(t["lora_A"].dtype, t, quant), t["lora_A"], t["lora_B"], scale), None
 
 
-def _lora_unmerge(W, t, state, *, scale, dropout=0.0):
+def _lora_unmerge(W, t, state, *, scale, dropout=0.0, **quant):
     return unmerge_weights(W, t["lora_A"], t["lora_B"], scale)
 
 

@@ -107,20 +107,31 @@ def quantize_blockwise(flat, code, blocksize: int):
     """Absmax-quantize a flat float32 array block by block against the table ``code``.
 
     flat (n,) float32, code (k,) float32 with k <= 256, blocksize  ->  (idx (n,) uint8, absmax (nb,) float32).
+    Cut into blocks (``_blocks`` pads the last one with zeros), take each block's max |x| (QLoRA
+    eq. 1's absmax), scale by its inverse into [-1, 1], and pick the nearest code (``nearest_code``).
     """
+    ### BEGIN SOLUTION
     blocks = _blocks(flat, blocksize)                                     # (nb, blocksize)
     absmax = xp.abs(blocks).max(axis=1)                                   # (nb,)
     inverse = xp.float32(1.0) / xp.maximum(absmax, xp.float32(TINY))     # bitsandbytes multiplies by 1/absmax
     scaled = xp.clip(blocks * inverse[:, None], -1.0, 1.0)                # rounding can pass 1 by an ulp
-    idx = nearest_code(scaled.reshape(-1)[:flat.size], code)
+    idx = nearest_code(scaled.reshape(-1)[:flat.size], code)              # (n,): the padding is dropped
+    ### END SOLUTION
     return idx, absmax
 
 
 def dequantize_blockwise(idx, absmax, code, blocksize: int):
-    """x_hat = code[idx] * absmax of the block: idx (n,) integer, absmax (nb,) float32 -> (n,) float32."""
+    """x_hat = code[idx] * absmax of the block: idx (n,) integer, absmax (nb,) float32 -> (n,) float32.
+
+    QLoRA eq. 2 (dequantization): look every index up in the table, then multiply each block of
+    ``blocksize`` values by its own scale, in float32.
+    """
     n = idx.size
+    ### BEGIN SOLUTION
     values = _blocks(backend.asarray(code, dtype=np.float32)[idx], blocksize)   # (nb, blocksize)
-    return (values * absmax[:, None]).reshape(-1)[:n]                     # float32, like bitsandbytes
+    x_hat = (values * absmax[:, None]).reshape(-1)[:n]                    # float32, like bitsandbytes
+    ### END SOLUTION
+    return x_hat
 
 
 # --------------------------------------------------------------------------- two codes per byte

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from minilora import io
+from minilora.adapters.files import head_classes
 from minilora.adapters.lora_model import LoraModel
 from minilora.data.tasks import DOWNSTREAM_TASKS, get_task
 from minilora.experiments import stats
@@ -64,8 +65,7 @@ def switching_check(adapter_dirs: dict, tests: dict) -> dict[str, float]:
     base, _ = load_base()
     needs_head = [t for t in adapter_dirs if get_task(t).kind == "classification"]
     if needs_head:
-        n_classes = io.load_tensors(adapter_dirs[needs_head[0]] / "adapter_model.safetensors")[0]["head.bias"].shape[0]
-        base.add_classification_head(n_classes)
+        base.add_classification_head(head_classes(adapter_dirs[needs_head[0]]))
     shared = LoraModel(base)
     for task, d in adapter_dirs.items():
         shared.load_adapter(d, adapter_name=task)

@@ -32,6 +32,7 @@ from minilora import io
 from minilora.data.datasets import make_dataset, trim_padding
 from minilora.data.tasks import DOWNSTREAM_TASKS, PRETRAIN_TASKS
 from minilora.experiments import memory, speed
+from minilora.experiments.finetune import BATCH_SIZE, STEPS, SWEPT_LR
 from minilora.experiments.known_rank import KnownRankConfig, known_rank_experiment
 from minilora.experiments.pretrain import base_info, load_base
 from minilora.experiments.runner import Budget, Runner, full_method, lora_method, run_methods
@@ -45,14 +46,14 @@ RECORDED = Path(__file__).resolve().parent / "recorded" / "findings.json"
 class FindingsConfig:
     tasks: tuple = DOWNSTREAM_TASKS
     seeds: tuple = (0, 1, 2)
-    steps: int = 400                  # every run; full fine-tuning reaches >= 95% on every task in it
-    batch_size: int = 32
+    steps: int = STEPS                # every run (400); full fine-tuning reaches >= 95% on every task in it
+    batch_size: int = BATCH_SIZE      # 32
     n_train: int = 4000
     n_test: int = 500
-    # learning rates per task, chosen by the sweep of minilora.experiments.lr_sweep (recorded in
-    # recorded/lr_sweep.json): the best of each method on each task, ties to the method's best overall
-    full_lr: dict = field(default_factory=lambda: {"rotate": 1e-3, "double": 1e-3, "ordered": 1e-3})
-    lora_lr: dict = field(default_factory=lambda: {"rotate": 1e-2, "double": 1e-2, "ordered": 5e-3})
+    # learning rates per task, chosen by the sweep of minilora.experiments.lr_sweep (finetune.SWEPT_LR:
+    # full 1e-3 everywhere; LoRA 1e-2 on rotate and double, 5e-3 on ordered)
+    full_lr: dict = field(default_factory=lambda: dict(SWEPT_LR["full"]))
+    lora_lr: dict = field(default_factory=lambda: dict(SWEPT_LR["lora"]))
     lora_alpha: float = 16.0          # fixed for every r (§4.1: set once, not tuned)
     ranks: tuple = (1, 4, 8, 16)      # Table 6's small ranks and one above r = 8 (r = 64 runs in §7)
     sample_tasks: tuple = ("rotate", "double")   # an easy and a hard task

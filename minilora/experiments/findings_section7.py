@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from minilora.experiments import stats
-from minilora.experiments.findings_verdicts import ACC_FLOOR, MARGIN, guarded, if_learned, pct, results, row
+from minilora.experiments.findings_rules import ACC_FLOOR, MARGIN, guarded, if_learned, pct, results, row
 from minilora.experiments.stats import summarize
 
 S7 = "§7"

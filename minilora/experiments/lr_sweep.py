@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from minilora import io
-from minilora.experiments.findings import FindingsConfig
 from minilora.experiments.pretrain import load_base
 from minilora.experiments.results import Results
 from minilora.experiments.runner import Runner, full_method, lora_method, run_methods
@@ -26,7 +25,8 @@ LORA_LRS = (2e-3, 5e-3, 1e-2, 2e-2)
 RECORDED = Path(__file__).resolve().parent / "recorded" / "lr_sweep.json"
 
 
-def sweep_methods(cfg: FindingsConfig) -> list:
+def sweep_methods(cfg) -> list:
+    """Full fine-tuning at every rate of FULL_LRS, LoRA r = 8 (cfg.lora_alpha) at every rate of LORA_LRS."""
     return ([full_method(lr=lr, name=f"full lr={lr:g}") for lr in FULL_LRS]
             + [lora_method(8, lr=lr, lora_alpha=cfg.lora_alpha, name=f"lora r=8 lr={lr:g}") for lr in LORA_LRS])
 
@@ -58,9 +58,10 @@ def sweep_table(results: Results) -> str:
                        + "."])
 
 
-def run_lr_sweep(out_dir, config: FindingsConfig | None = None, *, base=None, seeds=(0,), log=print) -> Results:
-    """Every rate of FULL_LRS and LORA_LRS on every task of ``config``, with ``seeds``; writes the files."""
-    cfg = config or FindingsConfig()
+def run_lr_sweep(out_dir, cfg, *, base=None, seeds=(0,), log=print) -> Results:
+    """Every rate of FULL_LRS and LORA_LRS on every task of ``cfg`` (a findings.FindingsConfig: its tasks,
+    budget and lora_alpha), with ``seeds``; writes the files. (The config is passed in, not imported, because
+    the findings' report reads this module's tables.)"""
     runner = Runner(base if base is not None else load_base()[0], cfg.budget(), log=log)
     results = run_methods(sweep_methods(cfg), cfg.tasks, seeds, runner=runner)
     out = Path(out_dir)

@@ -12,6 +12,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from tqdm import tqdm  # plain tqdm, not tqdm.auto: no widget JSON in notebooks
@@ -24,7 +25,7 @@ from minilora.nn import backend
 from minilora.nn.loss import forward_loss
 from minilora.nn.loss import loss_and_grads as plain_loss_and_grads
 from minilora.nn.model import GPT
-from minilora.nn.optim import AdamW, clip_grad_norm, linear_warmup_decay
+from minilora.nn.optim import AdamW, clip_grad_norm, linear_warmup_decay, loraplus_lr_scale
 
 
 class NonFiniteLossError(RuntimeError):
@@ -46,6 +47,7 @@ class TrainConfig:
     fast: bool = True            # the optimised kernels, worker threads and memory reuse of minilora.fast
     workers: int | None = None   # with fast: threads sharing each batch; None: one per core (fast.parallel)
     save_every: int | None = None  # steps between resumable checkpoints (with checkpoint_dir); None: eval_every
+    loraplus_lr_ratio: float | None = None   # LoRA+ (Hayou et al. 2024): lr of B (and 1-d params) = ratio x lr
 
     def __post_init__(self):
         _check_train_config(self)
@@ -81,6 +83,8 @@ def _check_train_config(c: TrainConfig) -> None:
     for name in ("workers", "save_every"):
         if getattr(c, name) is not None:
             setattr(c, name, checks.integer(f"TrainConfig.{name}", getattr(c, name), minimum=1))
+    if c.loraplus_lr_ratio is not None:
+        c.loraplus_lr_ratio = checks.number("TrainConfig.loraplus_lr_ratio", c.loraplus_lr_ratio, above=0)
 
 
 # --------------------------------------------------------------------------- one step
@@ -153,7 +157,7 @@ def _batches(data, batch_size, seed):
 
 def train(model: GPT, train_data, eval_data=None, config: TrainConfig | None = None, *,
           optimizer=None, checkpoint_dir=None, resume_from=None, run_info: dict | None = None,
-          desc: str = "train") -> History:
+          on_eval: Callable | None = None, desc: str = "train") -> History:
     """Train ``model.trainable`` with AdamW (or ``optimizer``) on ``train_data``.
 
     Every ``eval_every`` steps and at the end: evaluate on ``eval_data``. With a ``checkpoint_dir``,
@@ -161,7 +165,8 @@ def train(model: GPT, train_data, eval_data=None, config: TrainConfig | None = N
     there, as one save (``minilora.experiments.resume``), never from NaN or inf weights.
     ``resume_from``: a checkpoint folder of this same run (same model, data and config): training
     continues from its step and ends where the uninterrupted run ends. ``run_info``: JSON facts
-    stored in the checkpoint (the command line keeps its options there). A NaN or inf loss stops
+    stored in the checkpoint (the command line keeps its options there). ``on_eval(model, step)`` is
+    called at the same points as the evaluation (an analysis that reads the weights during training). A NaN or inf loss stops
     training before the bad update is applied and raises NonFiniteLossError naming the last good checkpoint.
     """
     cfg = config or TrainConfig()
@@ -169,7 +174,11 @@ def train(model: GPT, train_data, eval_data=None, config: TrainConfig | None = N
     if model.num_params(trainable_only=True) == 0:
         raise ValueError("the model has no trainable parameter (everything frozen, or its adapter disabled or "
                          "deleted), so training would change nothing; unfreeze parameters or set an adapter")
-    opt = optimizer or AdamW(lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if optimizer is not None and cfg.loraplus_lr_ratio is not None:
+        raise ValueError("TrainConfig.loraplus_lr_ratio builds the optimizer, so it cannot apply to the optimizer "
+                         "you passed; give that one lr_scale=loraplus_lr_scale(ratio) instead")
+    scale = loraplus_lr_scale(cfg.loraplus_lr_ratio) if cfg.loraplus_lr_ratio is not None else None
+    opt = optimizer or AdamW(lr=cfg.lr, weight_decay=cfg.weight_decay, lr_scale=scale)
     hist = History(trainable_params=model.num_params(trainable_only=True))
     fingerprints = {}                  # what a resumed run must share with the run that saved the checkpoint
     if checkpoint_dir is not None or resume_from is not None:
@@ -210,6 +219,8 @@ def train(model: GPT, train_data, eval_data=None, config: TrainConfig | None = N
             last = step == cfg.steps - 1
             if eval_data is not None and ((step + 1) % cfg.eval_every == 0 or last):
                 hist.evals.append({"step": step + 1, **_evaluate_any(model, eval_data)})
+            if on_eval is not None and ((step + 1) % cfg.eval_every == 0 or last):
+                on_eval(model, step + 1)
             if checkpoint_dir is not None and ((step + 1) % save_every == 0 or last):
                 _save_checkpoint(model, opt, step + 1, cfg, hist, fingerprints, Path(checkpoint_dir), run_info)
         bar.close()

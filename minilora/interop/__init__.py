@@ -6,9 +6,15 @@ made there can be read here. Every function in this package is a pure translatio
 minilora's names and shapes and those of the other library; nothing here imports PyTorch.
 
   hf_gpt2       a Hugging Face GPT-2 folder (config.json + model.safetensors) <-> GPTConfig + params
-  peft_format   minilora's adapter tensors and LoraConfig <-> PEFT's adapter folder
-  patterns      rank_pattern / alpha_pattern resolved exactly as PEFT resolves them
   fused_qkv     adapters on separate Wq, Wk, Wv <-> one adapter on GPT-2's fused c_attn
+  tokenizer     GPT-2's byte-level BPE from a Hugging Face folder (the optional ``tokenizers`` library)
+
+LoRA-tuning a Hugging Face GPT-2 on a text file uses the training loop, so it lives with the other
+experiments (``minilora.experiments.hf_finetune``); the command line is ``minilora.cli_interop``.
+
+PEFT's adapter format and its pattern rules are the adapters' own file format, so they live in
+``minilora.adapters`` (``peft_format``, ``patterns``): every LoRA adapter minilora saves is a PEFT
+adapter folder.
 
 docs/interop.md shows the files and the name tables.
 """

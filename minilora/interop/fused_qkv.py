@@ -27,11 +27,11 @@ import numpy as np
 
 from minilora import io
 from minilora.adapters.config import LoraConfig
-from minilora.interop import patterns
+from minilora.adapters import files, patterns
 from minilora.interop.hf_gpt2 import PREFIX as HF_PREFIX
-from minilora.interop.peft_format import MAGNITUDE, PREFIX, scale
+from minilora.adapters.peft_format import MAGNITUDE, PREFIX, scale
 from minilora.nn.backend import to_numpy
-from minilora.nn.model import GPTConfig
+from minilora.nn.model import GPTConfig, param_shapes
 
 QKV = ("wq", "wk", "wv")                                      # c_attn's row blocks, in order
 OTHERS = {"attn.wo": "attn.c_proj", "mlp.fc": "mlp.c_fc", "mlp.proj": "mlp.c_proj"}
@@ -230,11 +230,17 @@ def _minilora_config(peft: dict, modules: dict) -> LoraConfig:
 def write_hf_gpt2_adapter(directory, gpt: GPTConfig, config: LoraConfig, modules: dict, tensors: dict, *,
                           base_params: dict | None = None) -> Path:
     """Write the adapter for ``PeftModel.from_pretrained(GPT2LMHeadModel...)``, the folder as one save."""
-    peft, out = adapter_to_hf_gpt2(gpt, config, modules, tensors, base_params=base_params)
-    with io.atomic_folder(directory, ("adapter_config.json", "adapter_model.safetensors")) as tmp:  # one save
-        io.save_tensors(tmp / "adapter_model.safetensors", out, {"format": "pt"})
-        io.write_json(tmp / "adapter_config.json", peft)
+    with io.atomic_folder(directory, files.FILES) as tmp:
+        write_hf_gpt2_adapter_files(tmp, gpt, config, modules, tensors, base_params=base_params)
     return Path(directory)
+
+
+def write_hf_gpt2_adapter_files(folder, gpt: GPTConfig, config: LoraConfig, modules: dict, tensors: dict, *,
+                                base_params: dict | None = None) -> None:
+    """The two files of ``write_hf_gpt2_adapter``, written into ``folder`` (a fresh folder of an atomic save)."""
+    peft, out = adapter_to_hf_gpt2(gpt, config, modules, tensors, base_params=base_params)
+    io.save_tensors(Path(folder) / "adapter_model.safetensors", out, {"format": "pt"})
+    io.write_json(Path(folder) / "adapter_config.json", peft)
 
 
 def read_hf_gpt2_adapter(directory, gpt: GPTConfig) -> tuple[LoraConfig, dict]:
@@ -242,3 +248,38 @@ def read_hf_gpt2_adapter(directory, gpt: GPTConfig) -> tuple[LoraConfig, dict]:
     directory = io.saved_folder(directory)            # a save killed mid-swap is read from its previous copy
     tensors, _ = io.load_tensors(directory / "adapter_model.safetensors")
     return adapter_from_hf_gpt2(io.read_json(directory / "adapter_config.json"), tensors, gpt)
+
+
+# --------------------------------------------------------------------------- a LoraModel's adapter, both ways
+def write_lora_model_adapter(lora_model, directory, adapter_name: str | None = None) -> Path:
+    """Write adapter ``adapter_name`` (default: the active one) of a LoraModel for GPT2LMHeadModel, as one save.
+
+    ``PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(model_dir), directory)`` then gives the
+    logits minilora gives (the model folder from ``hf_gpt2.write_hf_gpt2`` of the same base).
+    """
+    with io.atomic_folder(directory, files.FILES) as tmp:
+        write_lora_model_adapter_files(lora_model, tmp, adapter_name)
+    return Path(directory)
+
+
+def write_lora_model_adapter_files(lora_model, folder, adapter_name: str | None = None) -> None:
+    """The two files of ``write_lora_model_adapter``, written into ``folder`` (a fresh folder of an atomic save)."""
+    name = adapter_name or lora_model.active_adapter
+    if lora_model.merged:
+        raise RuntimeError("the adapter is merged into the weights; unmerge_adapter() before exporting it")
+    config, tensors = lora_model.adapters[name], lora_model.adapter_state(name)
+    base = {k: lora_model.model.params[k] for k in param_shapes(lora_model.config)}
+    write_hf_gpt2_adapter_files(folder, lora_model.config, config, files.trained_ranks(config, tensors), tensors,
+                                base_params=base)
+
+
+def load_hf_gpt2_adapter(lora_model, directory, adapter_name: str = "default", *, set_active: bool = True) -> str:
+    """Add a PEFT adapter made on GPT2LMHeadModel (fused c_attn, fan_in_fan_out) to a LoraModel on that GPT-2."""
+    config, tensors = read_hf_gpt2_adapter(directory, lora_model.config)
+    return files.install_adapter(lora_model, adapter_name, config, tensors, set_active=set_active, source=directory)
+
+
+def is_hf_gpt2_adapter(directory) -> bool:
+    """Whether ``directory`` holds a PEFT adapter for GPT2LMHeadModel's Conv1D layers (fan_in_fan_out)."""
+    meta = io.read_json(io.saved_folder(directory) / "adapter_config.json")
+    return bool(meta.get("fan_in_fan_out")) and meta.get("peft_type") == "LORA"

@@ -38,6 +38,7 @@ SAME = {"ln1.weight": "ln_1.weight", "ln1.bias": "ln_1.bias", "ln2.weight": "ln_
 TRANSPOSED = {"attn.wo.weight": "attn.c_proj.weight", "mlp.fc.weight": "mlp.c_fc.weight",
               "mlp.proj.weight": "mlp.c_proj.weight"}
 QKV = ("wq", "wk", "wv")                          # c_attn's column order
+FILES = ("config.json", "model.safetensors")      # the files of one model folder
 
 
 # --------------------------------------------------------------------------- config.json
@@ -138,7 +139,7 @@ def params_to_hf(config: GPTConfig, params: dict) -> dict:
         raise ValueError(f"params hold {extra[:4]}, which GPT2LMHeadModel has no place for. A classification "
                          f"head has a bias that GPT2ForSequenceClassification.score lacks, so it cannot be "
                          f"written exactly; export the language model without it (adapters go through "
-                         f"minilora.interop.peft_format)")
+                         f"minilora.adapters.peft_format)")
     host = {k: backend.to_numpy(v) for k, v in params.items()}
     out = {n: host[n] for n in ("wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias")}
     for i in range(config.n_layer):
@@ -185,9 +186,14 @@ def write_hf_gpt2(config: GPTConfig, params: dict, directory, *, eos_token_id: i
     model, never config.json of one and weights of the other. Tensors keep their dtype (float32 for a
     float32 model).
     """
+    with io.atomic_folder(directory, FILES) as tmp:   # the two files are one save
+        write_hf_gpt2_files(config, params, tmp, eos_token_id=eos_token_id)
+    return Path(directory)
+
+
+def write_hf_gpt2_files(config: GPTConfig, params: dict, folder, *, eos_token_id: int | None = None) -> None:
+    """The two files of ``write_hf_gpt2``, written into ``folder`` (a fresh folder of an atomic save)."""
     tensors = params_to_hf(config, params)
     hf_config = config_to_hf(config, eos_token_id=eos_token_id, dtype=str(tensors[PREFIX + "wte.weight"].dtype))
-    with io.atomic_folder(directory, ("config.json", "model.safetensors")) as tmp:   # the two files are one save
-        io.save_tensors(tmp / "model.safetensors", tensors, metadata={"format": "pt"})
-        io.write_json(tmp / "config.json", hf_config)
-    return Path(directory)
+    io.save_tensors(Path(folder) / "model.safetensors", tensors, metadata={"format": "pt"})
+    io.write_json(Path(folder) / "config.json", hf_config)

@@ -47,6 +47,9 @@ def save_model(model: GPT, directory, *, extra: dict | None = None) -> Path:
 
 def write_model(model: GPT, folder, *, extra: dict | None = None) -> None:
     """The two files of a model save, written into ``folder`` (a fresh folder of an atomic save)."""
+    if model.weight_parts:
+        raise ValueError("this model keeps weights in 4 bits; save it with minilora.adapters.qfiles.save_quantized, "
+                         "which writes its codes and constants with the quantization in config.json")
     params = base_params(model)
     described = _described(asdict(model.config), extra or {})
     io.save_tensors(Path(folder) / "model.safetensors", params)
@@ -66,6 +69,9 @@ def read_config(directory) -> tuple[GPTConfig, dict, str]:
             f"{path} has format version {meta.get('version')!r}; this minilora reads version {VERSION}, whose "
             f"fingerprint binds config.json to the tensors. For a version 1 folder you trust, convert it once "
             f"with minilora.nn.checkpoint.upgrade_v1({str(directory)!r})")
+    if "quantization" in meta:
+        raise io.CheckpointError(f"{path} describes a 4-bit model ({meta['quantization']}); "
+                                 f"load it with minilora.adapters.qfiles.load_quantized")
     fields = sorted(set(meta) ^ set(_ENVELOPE))
     if fields:
         raise io.CheckpointError(f"{path}: unexpected or missing top-level fields {fields}; "

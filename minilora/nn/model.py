@@ -16,6 +16,10 @@ Parameters live in one flat dict with dotted names (weights stored (d_out, d_in)
     ln_f.weight, .bias (C,)
     head.weight (K, C), head.bias (K,)    only after add_classification_head (a new task head)
 
+A base weight may be kept in parts instead (QLoRA's 4-bit codes and scales, minilora.adapters.qbase):
+``model.weight_parts["blocks.0.attn.wq.weight"]`` lists the params that hold it, and its layer's
+spec says how to read them.
+
 ``model.trainable`` is the set of names that get gradients. A frozen parameter gets no
 gradient computed at all; that skipped work is where LoRA's savings come from.
 
@@ -130,6 +134,9 @@ class GPT:
             self.linears["head"] = plain("head")
         self.kernels = TEXTBOOK                                   # layer norm, GELU, attention, loss
         self.rng = backend.rng(seed)                              # random numbers of training forwards (dropout)
+        # A base weight kept in another form (QLoRA's 4-bit codes and block scales,
+        # minilora.adapters.qbase): its name -> the params that hold it. Empty for a float model.
+        self.weight_parts: dict[str, list[str]] = {}
 
     @property
     def dtype(self):
@@ -140,10 +147,20 @@ class GPT:
         """True when a training forward draws random numbers (a layer with dropout)."""
         return any(get_kind(s.kind).stochastic(s.options) for s in self.linears.values())
 
+    def base_param_names(self) -> list[str]:
+        """The base model's parameters (no task head, no adapter tensors); a weight kept in parts
+        (``weight_parts``) is named by its parts."""
+        return [p for name in param_shapes(self.config) for p in self.weight_parts.get(name, [name])]
+
     def own_param_names(self) -> list[str]:
         """The model's own parameters (the base and any task head), without tensors adapters added."""
-        names = list(param_shapes(self.config))
-        return names + [k for k in ("head.weight", "head.bias") if k in self.params]
+        return self.base_param_names() + [k for k in ("head.weight", "head.bias") if k in self.params]
+
+    def weight_shape(self, linear: str) -> tuple:
+        """(d_out, d_in) of linear layer ``linear``'s weight, however it is stored (float or in parts)."""
+        name = f"{linear}.weight"
+        shape = param_shapes(self.config).get(name)
+        return tuple(shape) if shape is not None else tuple(self.params[name].shape)
 
     # ---------------------------------------------------------------- parameters
     def freeze(self, names=None):
@@ -162,7 +179,14 @@ class GPT:
         self.trainable |= names
 
     def num_params(self, trainable_only: bool = False) -> int:
-        return sum(int(v.size) for k, v in self.params.items() if not trainable_only or k in self.trainable)
+        """Parameters (all, or the trainable ones); a weight kept in parts counts its weights, not its bytes."""
+        parts = {p for ps in self.weight_parts.values() for p in ps}       # never trainable
+        n = sum(int(v.size) for k, v in self.params.items()
+                if k not in parts and (not trainable_only or k in self.trainable))
+        if not trainable_only:
+            shapes = param_shapes(self.config)
+            n += sum(int(np.prod(shapes[w])) for w in self.weight_parts)
+        return n
 
     def add_classification_head(self, n_classes: int, *, seed: int = 0):
         """A new, trainable task head (K, C): the linear "head", reading the hidden state of one token."""

@@ -1,6 +1,8 @@
 """minilora's adapter description <-> PEFT's adapter folder, as pure functions.
 
-minilora describes an adapter by a ``LoraConfig`` and its tensors keyed by minilora's names
+``minilora.adapters.files`` writes and reads every LoRA adapter through these functions, so a
+minilora adapter folder IS a PEFT adapter folder. minilora describes an adapter by a ``LoraConfig``
+and its tensors keyed by minilora's names
 (``LoraModel.adapter_state``): ``{module}.lora_A.weight`` (r, d_in), ``{module}.lora_B.weight``
 (d_out, r), a trained bias ``{module}.bias`` (d_out,), a saved module's parameters (``head.weight``),
 and DoRA's ``{module}.lora_magnitude_vector`` (d_out,). PEFT's folder (``PeftModel.save_pretrained``)
@@ -18,6 +20,9 @@ error, it is silently not loaded (B stays 0 and the model is the base model). So
 not cosmetic. minilora's own facts (exact init, seed, base fingerprint) are not PEFT fields, and
 PEFT warns about unknown config keys; they travel in the safetensors header (``__metadata__``),
 which PEFT does not read.
+
+The functions take a LoraConfig (any object with its fields) and give back plain dicts of its
+fields, so this module needs no import of the config class (``files`` builds it).
 """
 from __future__ import annotations
 
@@ -25,9 +30,8 @@ import json
 from pathlib import Path
 
 from minilora import io
-from minilora.adapters.config import LoraConfig
+from minilora.adapters import patterns
 from minilora.adapters.lora import lora_scale
-from minilora.interop import patterns
 
 PREFIX = "base_model.model."
 MAGNITUDE = "lora_magnitude_vector"              # DoRA's m (Liu et al. 2024, eq. 5), PEFT's name
@@ -58,8 +62,16 @@ def state_to_peft(tensors: dict) -> dict:
 def state_from_peft(tensors: dict) -> dict:
     """PEFT's file keys -> minilora's names. Refuses tensors of adapter kinds minilora does not have."""
     out = {}
-    for key, value in tensors.items():
+    for key, value in sorted(tensors.items(), key=lambda kv: ".modules_to_save." in kv[0]):
         name = key.removeprefix(PREFIX)
+        # bias="all" with modules_to_save makes PEFT also write the wrapper's inner names: the base's
+        # own value (original_module: minilora has the base) and a duplicate of the trained copy.
+        if ".original_module." in name:
+            continue
+        if ".modules_to_save." in name:
+            name = name.replace(".modules_to_save.", ".")
+            if name in out:
+                continue
         if ".base_layer." in name:
             name = name.replace(".base_layer.", ".")
         if name.endswith(f".{MAGNITUDE}.weight"):   # older PEFT files kept the Parameter's name
@@ -72,7 +84,7 @@ def state_from_peft(tensors: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- adapter_config.json
-def config_to_peft(config: LoraConfig, modules: dict, *, task_type: str | None = None) -> dict:
+def config_to_peft(config, modules: dict, *, task_type: str | None = None) -> dict:
     """adapter_config.json for PEFT from a LoraConfig and the adapter's modules as trained.
 
     modules: full module name -> (r, lora_alpha) of every adapted matrix (LoraModel knows both).
@@ -82,6 +94,9 @@ def config_to_peft(config: LoraConfig, modules: dict, *, task_type: str | None =
     """
     if config.bias not in ("none", "all", "lora_only"):
         raise ValueError(f"bias {config.bias!r} has no PEFT counterpart")
+    if config.init_lora_weights not in INIT_TO_PEFT:
+        raise ValueError(f"init_lora_weights = {config.init_lora_weights!r}: this adapter works on its own residual "
+                         f"of W0, not on the base PEFT loads; export LoraModel.convert_to_plain_lora()'s adapter")
     layers = list(config.layers_to_transform) if config.layers_to_transform is not None else None
     out = {"peft_type": "LORA", "task_type": task_type, "base_model_name_or_path": None, "inference_mode": True,
            "r": int(config.r), "lora_alpha": config.lora_alpha, "target_modules": list(config.target_modules),
@@ -100,8 +115,8 @@ def config_to_peft(config: LoraConfig, modules: dict, *, task_type: str | None =
     return out
 
 
-def config_from_peft(peft: dict, tensors: dict) -> LoraConfig:
-    """A LoraConfig meaning what a PEFT adapter_config.json means, for the adapter's tensors (minilora names).
+def config_from_peft(peft: dict, tensors: dict) -> dict:
+    """LoraConfig's fields meaning what a PEFT adapter_config.json means, for the adapter's tensors (minilora names).
 
     Ranks and alphas are resolved by PEFT's rule (first matching key) for every adapted module and
     written back as one explicit entry per module that differs from r / lora_alpha, so the result
@@ -126,7 +141,7 @@ def config_from_peft(peft: dict, tensors: dict) -> LoraConfig:
     pattern = peft.get("layers_pattern")
     if peft.get("layers_to_transform") is not None and pattern not in (None, LAYERS_PATTERN, [LAYERS_PATTERN]):
         raise ValueError(f"layers_pattern = {pattern!r}: minilora's layers are 'blocks'")
-    adapted = sorted(_adapted(tensors))
+    adapted = sorted(m for m in _adapted(tensors) if f"{m}.lora_B.weight" in tensors)   # a lone A: _fill names it
     resolved = patterns.resolve(adapted, peft.get("r", 8), peft.get("lora_alpha", 8), peft.get("rank_pattern") or {},
                                 peft.get("alpha_pattern") or {}, bool(peft.get("use_rslora", False)))
     check_ranks(tensors, resolved)
@@ -141,10 +156,8 @@ def config_from_peft(peft: dict, tensors: dict) -> LoraConfig:
              "use_rslora": bool(peft.get("use_rslora", False)),
              "init_lora_weights": {True: "kaiming", False: "kaiming", "gaussian": "peft_gaussian"}.get(init, "kaiming")}
     if peft.get("use_dora"):
-        if "use_dora" not in LoraConfig.__dataclass_fields__:
-            raise ValueError("this PEFT adapter uses DoRA (use_dora = true), which this minilora cannot compute yet")
-        facts["use_dora"] = True
-    return LoraConfig(**facts)
+        facts["use_dora"] = True                                 # refused by files.py where DoRA is missing
+    return facts
 
 
 def check_ranks(tensors: dict, resolved: dict) -> None:
@@ -165,8 +178,8 @@ def scale(r: int, lora_alpha: float, use_rslora: bool) -> float:
 def minilora_metadata(facts: dict) -> dict[str, str]:
     """safetensors header metadata: PEFT's {"format": "pt"} plus minilora's facts as one JSON string.
 
-    facts: e.g. {"init_lora_weights": "gaussian", "init_std": None, "seed": 0, "adapter_name": "default",
-    "base_model_fingerprint": "...", "base_model_config": {...}}.
+    facts: e.g. {"adapter_name": "default", "base_model_fingerprint": "...", "base_model_config": {...},
+    "config": {"init_lora_weights": "gaussian", "init_std": None, "seed": 0}}.
     """
     return {"format": "pt", "minilora": json.dumps(facts, sort_keys=True)}
 
@@ -178,32 +191,67 @@ def facts_from_metadata(metadata: dict) -> dict | None:
 
 
 # --------------------------------------------------------------------------- folders
-MINILORA_ONLY = ("init_lora_weights", "init_std", "seed")     # LoraConfig fields PEFT has no place for
+# LoraConfig fields an adapter_config.json carries with minilora's meaning; every other field (the exact init,
+# init_std, seed, and whatever options minilora adds) travels in the header's facts under "config".
+PEFT_FIELDS = ("r", "lora_alpha", "target_modules", "layers_to_transform", "rank_pattern", "alpha_pattern",
+               "lora_dropout", "bias", "modules_to_save", "use_rslora", "use_dora")
+# every key config_to_peft writes into adapter_config.json
+CONFIG_KEYS = PEFT_FIELDS + ("peft_type", "task_type", "base_model_name_or_path", "inference_mode", "layers_pattern",
+                             "fan_in_fan_out", "init_lora_weights")
+FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
-def write_peft_adapter(directory, config: LoraConfig, modules: dict, tensors: dict, *, facts: dict | None = None,
-                       task_type: str | None = None) -> Path:
-    """Write a folder ``PeftModel.from_pretrained`` loads without a warning.
+def peft_cannot_hold(config, tensors: dict) -> str | None:
+    """Why a PEFT folder cannot hold this adapter (None when it can).
+
+    PEFT validates init_lora_weights on load, so an init it does not know cannot be written; and an
+    adapter that keeps its own copy of an adapted layer's weight (an init that starts from W0 itself,
+    such as PiSSA's residual W0 - s B A) computes on that copy, which PEFT would never load.
+    """
+    init = getattr(config, "init_lora_weights", None)
+    if init not in INIT_TO_PEFT:
+        return f"init_lora_weights = {init!r} has no value PEFT accepts for a plain LoRA on the original W0"
+    copies = sorted(k for k in tensors if k.endswith(".weight") and k.removesuffix(".weight") in _adapted(tensors))
+    if copies:
+        return f"it keeps its own copy of adapted weights ({copies[0]} ...), which a PEFT folder cannot hold"
+    return None
+
+
+def bound(peft_config: dict, facts: dict) -> dict:
+    """What the fingerprint in minilora's facts binds to the tensors (minilora's names): adapter_config.json
+    and every other fact, so an edited field in either is refused."""
+    return json.loads(json.dumps({"adapter_config": peft_config,
+                                  "facts": {k: v for k, v in facts.items() if k != "fingerprint"}}))
+
+
+def write_peft_files(folder, config, modules: dict, tensors: dict, *, facts: dict | None = None,
+                     task_type: str | None = None) -> None:
+    """Write the two files ``PeftModel.from_pretrained`` loads without a warning into ``folder`` (a fresh
+    folder of an atomic save: ``write_peft_adapter``, ``minilora.adapters.files.save_adapter``).
 
     modules: module -> (r, lora_alpha) as trained; tensors: minilora's names (LoraModel.adapter_state);
-    facts: minilora's own facts to keep (base fingerprint, adapter name, ...); the config's init and
-    seed are added. The folder is one save (minilora.io.atomic_folder), so the config never describes
-    tensors of another save.
+    facts: minilora's own facts to keep (base fingerprint, adapter name, ...); the config's fields that
+    are not PEFT's (``PEFT_FIELDS``) are added under "config", and a fingerprint binding the tensors to
+    adapter_config.json and the facts (``bound``).
     """
-    peft_config = config_to_peft(config, modules, task_type=task_type)
-    own = {**(facts or {}), **{k: getattr(config, k) for k in MINILORA_ONLY}}
-    with io.atomic_folder(directory, ("adapter_config.json", "adapter_model.safetensors")) as tmp:  # one save
-        io.save_tensors(tmp / "adapter_model.safetensors", state_to_peft(tensors), minilora_metadata(own))
-        io.write_json(tmp / "adapter_config.json", peft_config)
+    peft_config = json.loads(json.dumps(config_to_peft(config, modules, task_type=task_type)))
+    own = json.loads(json.dumps({**(facts or {}), "config": {k: v for k, v in config.to_dict().items()
+                                                             if k not in PEFT_FIELDS}}))
+    own["fingerprint"] = io.fingerprint(tensors, bound(peft_config, own))
+    io.save_tensors(Path(folder) / "adapter_model.safetensors", state_to_peft(tensors), minilora_metadata(own))
+    io.write_json(Path(folder) / "adapter_config.json", peft_config)
+
+
+def write_peft_adapter(directory, config, modules: dict, tensors: dict, *, facts: dict | None = None,
+                       task_type: str | None = None) -> Path:
+    """``write_peft_files`` into ``directory`` as one save (minilora.io.atomic_folder)."""
+    with io.atomic_folder(directory, FILES) as tmp:
+        write_peft_files(tmp, config, modules, tensors, facts=facts, task_type=task_type)
     return Path(directory)
 
 
-def read_peft_adapter(directory) -> tuple[LoraConfig, dict, dict | None]:
-    """(LoraConfig, tensors under minilora's names, minilora's facts or None) from a PEFT adapter folder.
-
-    Reads folders written by PEFT and by ``write_peft_adapter``; for the latter the init and seed
-    minilora used come back from the header.
-    """
+def read_peft_folder(directory) -> tuple[dict, dict, dict | None]:
+    """(adapter_config.json, tensors under minilora's names, minilora's facts or None for a PEFT-written folder)."""
     directory = io.saved_folder(directory)            # a save killed mid-swap is read from its previous copy
     weights = directory / "adapter_model.safetensors"
     if not weights.is_file() and (directory / "adapter_model.bin").is_file():
@@ -211,12 +259,17 @@ def read_peft_adapter(directory) -> tuple[LoraConfig, dict, dict | None]:
                                 f"re-save it with PEFT (safe_serialization=True, the default) to get "
                                 f"adapter_model.safetensors")
     raw, metadata = io.load_tensors(weights)
-    tensors = state_from_peft(raw)
-    config = config_from_peft(io.read_json(directory / "adapter_config.json"), tensors)
-    facts = facts_from_metadata(metadata)
-    if facts:
-        for k in MINILORA_ONLY:
-            if k in facts:
-                setattr(config, k, facts[k])
-        config.__post_init__()                                   # validate the restored values
+    return io.read_json(directory / "adapter_config.json"), state_from_peft(raw), facts_from_metadata(metadata)
+
+
+def read_peft_adapter(directory) -> tuple[dict, dict, dict | None]:
+    """(LoraConfig's fields, tensors under minilora's names, minilora's facts or None) from a PEFT folder.
+
+    Reads folders written by PEFT and by ``write_peft_adapter``; for the latter the init and seed
+    minilora used come back from the header. (``minilora.adapters.files.read_adapter`` also checks
+    the fields and the fingerprint of minilora's folders.)
+    """
+    peft, tensors, facts = read_peft_folder(directory)
+    config = config_from_peft(peft, tensors)
+    config.update((facts or {}).get("config", {}))               # minilora's exact init, seed, ... back
     return config, tensors, facts
