@@ -172,6 +172,7 @@ def _add_demo(sub):
     p = sub.add_parser("demo", help="the end-to-end LoRA demo: tune, compare, merge, switch, report")
     p.add_argument("--out", default="reports/demo", help="report folder (markdown + PNG)")
     p.add_argument("--steps", type=int, default=None, help="steps per fine-tuning run (default: per task)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per cell (default 3; at least 2, for a spread)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_demo)
 
@@ -179,7 +180,9 @@ def _add_demo(sub):
 def _demo(args):
     from minilora.experiments.demo import run_demo
 
-    run_demo(args.out, steps=args.steps, progress=not args.quiet)
+    if args.seeds < 2:
+        raise ValueError(f"--seeds {args.seeds}: the demo's table shows a spread over seeds, so it needs at least 2")
+    run_demo(args.out, steps=args.steps, progress=not args.quiet, seeds=tuple(range(args.seeds)))
 
 
 def _add_findings(sub):
