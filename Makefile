@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast docs notebooks pretrain analyze bench clean
+.PHONY: demo test test-fast docs notebooks pretrain findings analyze bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +37,8 @@ notebooks: $(STAMP)
 pretrain: $(STAMP)
 	$(BIN)/minilora pretrain
 
-analyze: $(STAMP)
-	$(BIN)/minilora analyze
+findings analyze: $(STAMP)
+	$(BIN)/minilora findings
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_train.py

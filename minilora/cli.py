@@ -4,11 +4,12 @@
     minilora pretrain                  train the small base model from scratch and save it
     minilora finetune --task shift     LoRA (or --method full) on a shipped task or --text FILE
     minilora merge ADAPTER --out DIR   base + adapter -> one merged model checkpoint
+    minilora findings                  the claims about LoRA and the paper's §7 findings, on seeds (report + JSON)
+    minilora analyze                   the same report (the §7 analyses are part of it)
     minilora generate --prompt TEXT    text from a model, with an adapter or without (minilora.cli_interop)
     minilora export DIR --format hf-gpt2   the model (and adapter) for transformers / PEFT
     minilora import-hf HF_DIR --out DIR    a Hugging Face GPT-2 as a minilora model
     minilora finetune --hf HF_DIR --text FILE   LoRA on a real GPT-2 with its BPE tokenizer
-    minilora analyze                   the rank analyses of Hu et al. 2021, §7 (report + plots)
     minilora family                    LoRA, DoRA, rsLoRA, LoRA+, PiSSA and full on one budget (table + plots)
     minilora exercises make|grade      classroom exercises from the library's own code
 """
@@ -118,7 +119,8 @@ def _finetune(args):
     lora = dataclasses.replace(default_lora_config(kind), **{k: v for k, v in given.items() if v is not None},
                                use_dora=args.method in ("dora", "qdora"))
     given = {"steps": args.steps, "lr": args.lr, "seed": args.seed, "save_every": args.save_every}
-    tc = dataclasses.replace(default_train_config(args.method), **{k: v for k, v in given.items() if v is not None})
+    defaults = default_train_config(args.method, None if args.text else args.task)   # the swept rate of the task
+    tc = dataclasses.replace(defaults, **{k: v for k, v in given.items() if v is not None})
     res = finetune(args.task, args.method, base=base, lora_config=lora, train_config=tc, seed=args.seed,
                    text_file=args.text, n_train=args.n_train, n_test=args.n_test, **checkpoints)
     print(f"{res.method} on {res.task}: accuracy {100 * res.accuracy:.2f}%, loss {res.loss:.4f}, "
@@ -172,6 +174,7 @@ def _add_demo(sub):
     p = sub.add_parser("demo", help="the end-to-end LoRA demo: tune, compare, merge, switch, report")
     p.add_argument("--out", default="reports/demo", help="report folder (markdown + PNG)")
     p.add_argument("--steps", type=int, default=None, help="steps per fine-tuning run (default: per task)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per cell (default 3; at least 2, for a spread)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_demo)
 
@@ -179,23 +182,38 @@ def _add_demo(sub):
 def _demo(args):
     from minilora.experiments.demo import run_demo
 
-    run_demo(args.out, steps=args.steps, progress=not args.quiet)
+    if args.seeds < 2:
+        raise ValueError(f"--seeds {args.seeds}: the demo's table shows a spread over seeds, so it needs at least 2")
+    run_demo(args.out, steps=args.steps, progress=not args.quiet, seeds=tuple(range(args.seeds)))
 
 
-def _add_analyze(sub):
-    p = sub.add_parser("analyze", help="rank analyses (Hu et al. 2021, §7): sweeps, subspaces, spectra")
-    p.add_argument("--out", default="reports/analysis", help="report folder (markdown + PNG)")
-    p.add_argument("--task", default="shift")
-    p.add_argument("--quick", action="store_true", help="fewer steps and cells (for a fast look)")
-    p.set_defaults(func=_analyze)
+def _add_findings(sub):
+    for name, text in (("findings", "every claim about LoRA and the paper's §7 findings, measured on seeds"),
+                       ("analyze", "the same report as `findings` (the §7 rank analyses are part of it)")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--out", default="reports/findings", help="report folder (report.md, findings.json, PNGs)")
+        p.add_argument("--quick", action="store_true", help="tiny settings to check the pipeline in about a minute; "
+                       "the numbers mean nothing")
+        p.add_argument("--seeds", type=int, default=None, help="seeds per comparison (default 3; at least 2)")
+        p.add_argument("--lr-sweep", action="store_true", help="instead, run the learning-rate sweep behind the "
+                       "report's two learning rates (lr_sweep.json and .md in --out)")
+        p.set_defaults(func=_findings)
 
 
-def _analyze(args):
-    try:
-        from minilora.experiments.report import run_analysis
-    except ImportError:
-        sys.exit("minilora analyze is not available in this version")
-    run_analysis(args.out, task=args.task, quick=args.quick)
+def _findings(args):
+    from minilora.experiments.findings import FindingsConfig, run_findings
+
+    cfg = FindingsConfig.quick() if args.quick else FindingsConfig()
+    if args.seeds is not None:
+        if args.seeds < 2:
+            raise ValueError(f"--seeds {args.seeds}: a spread needs at least 2 seeds (the findings use 3)")
+        cfg.seeds = tuple(range(args.seeds))
+    if args.lr_sweep:
+        from minilora.experiments.lr_sweep import run_lr_sweep
+
+        run_lr_sweep(args.out, cfg)
+    else:
+        run_findings(args.out, cfg)
 
 
 def _add_family(sub):
@@ -241,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minilora", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_demo, _add_pretrain, _add_finetune, _add_merge, _add_analyze, _add_family, _add_exercises):
+    for add in (_add_demo, _add_pretrain, _add_finetune, _add_merge, _add_findings, _add_family, _add_exercises):
         add(sub)
     for add in (cli_interop.add_generate, cli_interop.add_export, cli_interop.add_import_hf):
         add(sub)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from minilora.data.datasets import (ClassificationData, TaskData, TextData, iterate_batches, make_dataset, make_mixture,
-                           make_splits)
+                           make_splits, trim_padding)
 from minilora.data.tasks import PRETRAIN_TASKS, TASKS, default_tokenizer, get_task
 
 TOK = default_tokenizer()
@@ -116,6 +116,58 @@ def test_sort_output_is_sorted_permutation():
     for w, a in zip(words, answers):
         assert Counter(a) == Counter(w), f"expected the letters of {w!r}, got {a!r}"
         assert all(p <= q for p, q in zip(a, a[1:])), f"expected {a!r} to be in order"
+
+
+def test_double_answers_twice_the_number_with_as_many_digits():
+    """double: "0479" -> "0958"; the first digit is 0..4, so the answer never grows a digit."""
+    assert get_task("double").solve("0479") == "0958", get_task("double").solve("0479")
+    words, answers = words_and_answers(make_dataset("double", 300, seed=0))
+    wrong = [(w, a) for w, a in zip(words, answers) if int(a) != 2 * int(w) or len(a) != len(w) or w[0] not in "01234"]
+    assert not wrong, f"(word, answer) pairs that are not doubled digit for digit: {wrong[:3]}"
+    assert {len(w) for w in words} == set(range(2, 7)), f"expected 2..6 digits, got {sorted({len(w) for w in words})}"
+
+
+def test_pretraining_words_are_letters_or_digits_never_mixed():
+    """copy/reverse/sort draw whole words of letters or of digits (about one in four), so the base
+    learns to read and write digits without ever computing with them."""
+    words, _ = words_and_answers(make_dataset("copy", 600, seed=0))
+    kinds = Counter("digits" if w.isdigit() else "letters" if w.isalpha() else "mixed" for w in words)
+    assert kinds["mixed"] == 0 and 110 < kinds["digits"] < 190, dict(kinds)
+
+
+# --------------------------------------------------------------------------- ordered, palindrome
+def test_ordered_labels_are_correct_and_balanced():
+    """label 1 exactly when the letters are in alphabetical order; classes balanced; 3..6 letters."""
+    data = make_dataset("ordered", 300, seed=1)
+    words = [p[4:-1] for p in data.prompts]
+    wrong = [(w, y) for w, y in zip(words, data.labels) if y != int(list(w) == sorted(w))]
+    assert not wrong, f"(word, label) pairs with the wrong label: {wrong[:3]}"
+    assert np.bincount(data.labels).tolist() == [150, 150], np.bincount(data.labels)
+    assert {len(w) for w in words} == {3, 4, 5, 6}, sorted({len(w) for w in words})
+
+
+def test_ordered_negatives_include_near_misses_with_sorted_letter_counts():
+    """About half the negatives are a sorted word with one pair swapped: letters alone cannot tell."""
+    data = make_dataset("ordered", 400, seed=2)
+    negatives = [p[4:-1] for p, y in zip(data.prompts, data.labels) if y == 0]
+    near = np.mean([sum(a > b for a, b in zip(w, w[1:])) == 1 and sorted(w) != list(w) for w in negatives])
+    assert 0.4 < near < 0.8, f"expected many one-descent near misses among negatives, got {near:.2f}"
+
+
+def test_trimming_padding_keeps_every_answer_and_the_same_loss_positions():
+    """trim_padding cuts only columns no example reaches: masks and '?' positions are unchanged."""
+    gen, cls = make_dataset("double", 50, seed=0, block_size=24), make_dataset("ordered", 50, seed=0, block_size=24)
+    g, c = trim_padding(gen), trim_padding(cls)
+    T = g.x.shape[1]
+    assert T < 24 and g.mask.sum() == gen.mask.sum() and not gen.mask[:, T:].any(), T
+    assert np.array_equal(g.x, gen.x[:, :T]) and np.array_equal(g.y, gen.y[:, :T])
+    assert c.x.shape[1] == cls.last.max() + 1 and np.array_equal(c.x, cls.x[:, :c.x.shape[1]])
+
+
+def test_word_lengths_default_to_the_task_and_explicit_ones_are_kept():
+    """min_len/max_len None take Task.lengths; values the caller gives are used as given."""
+    words, _ = words_and_answers(make_dataset("double", 200, seed=0, min_len=3, max_len=3))
+    assert {len(w) for w in words} == {3}, sorted({len(w) for w in words})
 
 
 # --------------------------------------------------------------------------- palindrome

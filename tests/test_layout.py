@@ -78,7 +78,7 @@ def test_data_flows_one_way_between_folders():
 
 
 # Modules still above the limit, each to be split by concept; strict: the mark must go once they fit.
-STILL_TOO_LONG = {"experiments/report.py"}
+STILL_TOO_LONG: set = set()
 
 
 def _sized(path):

@@ -59,8 +59,14 @@ class ClassificationData:
 _MAX_REDRAWS = 1000  # draws per example before giving up on finding an unseen input
 
 
+def _lengths(task, min_len, max_len) -> tuple[int, int]:
+    """The word lengths to draw: the caller's, or the task's usual range where the caller gave None."""
+    return (task.lengths[0] if min_len is None else min_len, task.lengths[1] if max_len is None else max_len)
+
+
 def _draw(task, n, rng, min_len, max_len, exclude=frozenset()):
     """n (task, word, target) triples; words in ``exclude`` are drawn again."""
+    min_len, max_len = _lengths(task, min_len, max_len)
     if not task.min_input_len <= min_len <= max_len:
         raise ValueError(f"task {task.name!r} needs {task.min_input_len} <= min_len <= max_len, "
                          f"got min_len={min_len}, max_len={max_len}")
@@ -132,16 +138,20 @@ def _encode(triples, tokenizer, block_size, name):
     return encode(triples, tok, block_size, name)
 
 
-def make_dataset(task_name: str, n: int, *, seed: int, block_size: int = 32, min_len: int = 3,
-                 max_len: int = 8, tokenizer: CharTokenizer | None = None):
-    """n examples of one task -> TaskData (T = block_size) or ClassificationData."""
+def make_dataset(task_name: str, n: int, *, seed: int, block_size: int = 32, min_len: int | None = None,
+                 max_len: int | None = None, tokenizer: CharTokenizer | None = None):
+    """n examples of one task -> TaskData (T = block_size) or ClassificationData.
+
+    Word lengths are drawn uniformly from min_len..max_len; None takes the task's own range
+    (``Task.lengths``: 3..8 letters for most tasks).
+    """
     task = get_task(task_name)
     triples = _draw(task, n, np.random.default_rng(seed), min_len, max_len)
     return _encode(triples, tokenizer, block_size, task.name)
 
 
 def make_splits(task_name: str, n_train: int, n_test: int, *, seed: int, block_size: int = 32,
-                min_len: int = 3, max_len: int = 8, tokenizer: CharTokenizer | None = None):
+                min_len: int | None = None, max_len: int | None = None, tokenizer: CharTokenizer | None = None):
     """(train, test) of one task, with no test input equal to any train input.
 
     train is the same as ``make_dataset(task_name, n_train, seed=seed)``: the test examples
@@ -154,8 +164,8 @@ def make_splits(task_name: str, n_train: int, n_test: int, *, seed: int, block_s
             _encode(test, tokenizer, block_size, task.name))
 
 
-def make_mixture(task_names, n: int, *, seed: int, block_size: int = 32, min_len: int = 3,
-                 max_len: int = 8, tokenizer: CharTokenizer | None = None) -> TaskData:
+def make_mixture(task_names, n: int, *, seed: int, block_size: int = 32, min_len: int | None = None,
+                 max_len: int | None = None, tokenizer: CharTokenizer | None = None) -> TaskData:
     """n generation examples, the tasks in equal shares (off by at most one), in shuffled order.
 
     ``task`` of the result is the names joined by "+"; each prompt's tag names its own task.
@@ -168,6 +178,24 @@ def make_mixture(task_names, n: int, *, seed: int, block_size: int = 32, min_len
     triples = [t for k in order for t in _draw(tasks[k], 1, rng, min_len, max_len)]
     return _encode_generation(triples, tokenizer or default_tokenizer(), block_size,
                               "+".join(t.name for t in tasks))
+
+
+def trim_padding(data):
+    """The same examples with the padding columns that no example reaches cut off the right end.
+
+    TaskData keeps x, y, mask up to the last answer target of the longest example; ClassificationData
+    keeps x up to the furthest "?". A causal model's output at position t reads only positions <= t,
+    so every loss and prediction is the same, and a batch of T' < T columns costs about T'/T of the
+    time. (Text windows have no padding; TextData comes back unchanged.)
+    """
+    if isinstance(data, TaskData):
+        cols = np.flatnonzero(data.mask.any(axis=0))
+        T = int(cols.max()) + 1 if cols.size else 1
+        return dataclasses.replace(data, x=data.x[:, :T].copy(), y=data.y[:, :T].copy(), mask=data.mask[:, :T].copy())
+    if isinstance(data, ClassificationData):
+        T = int(data.last.max()) + 1 if len(data) else 1
+        return dataclasses.replace(data, x=data.x[:, :T].copy())
+    return data
 
 
 def iterate_batches(data, batch_size: int, rng, *, epochs: int | None = None) -> Iterator[dict]:

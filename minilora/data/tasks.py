@@ -1,12 +1,21 @@
 """The character tokenizer and the shipped character tasks of minilora.
 
 The tasks set up the situation LoRA was made for (Hu et al. 2021, §1): a model pretrained on a
-broad mix (copy, reverse, sort) is adapted to related but different downstream tasks (shift,
-rotate, palindrome). A task knows its prompt tag, its kind (generation or classification) and how
-to solve a word; ``minilora.data.datasets`` turns tasks into seeded datasets.
+broad mix (copy, reverse, sort) is adapted to related but different downstream tasks. Three of them
+are the downstream set every comparison uses (``DOWNSTREAM_TASKS``):
+
+    rotate    close to pretraining: copy with the first letter moved to the end
+    double    far from it: arithmetic on digits, which the base never saw (the paper's footnote 6:
+              a task far from pretraining may need more rank; full fine-tuning is said to beat
+              LoRA on math)
+    ordered   classification with a new head: are the letters already in alphabetical order?
+
+``shift`` (each letter one on) and ``palindrome`` stay available. A task knows its prompt tag, its
+kind (generation or classification), how to solve a word and its usual word lengths;
+``minilora.data.datasets`` turns tasks into seeded datasets.
 
 A generation example is a prompt and an answer, "." ends the answer ("rev:hello=" + "olleh.");
-a classification example is a prompt ending in "?" ("pal:abcba?") and a label.
+a classification example is a prompt ending in "?" ("ord:abkx?") and a label.
 """
 from __future__ import annotations
 
@@ -21,6 +30,7 @@ import numpy as np
 PAD = "_"
 TASK_CHARS = PAD + "\n " + string.digits + string.ascii_lowercase + ":=.?!,;+-*/<>()|'"
 LETTERS = string.ascii_lowercase
+DIGITS = string.digits
 
 
 class CharTokenizer:
@@ -94,6 +104,8 @@ class Task:
         generation:      make(rng, length) -> (word, output)
         classification:  make(rng, length, label) -> (word, label)
     The dataset code chooses the labels, which is how classes come out exactly balanced.
+    ``lengths`` is the range of word lengths a dataset uses when the caller gives none;
+    ``min_input_len`` the shortest word the task accepts at all.
     """
 
     name: str
@@ -103,23 +115,69 @@ class Task:
     solve: Callable = field(repr=False)
     make: Callable = field(repr=False)
     min_input_len: int = 1
+    lengths: tuple = (3, 8)
 
     def prompt(self, word: str) -> str:
         """The prompt text: "tag:word=" (generation) or "tag:word?" (classification)."""
         return f"{self.tag}:{word}" + ("=" if self.kind == "generation" else "?")
 
 
-def random_word(rng: np.random.Generator, length: int) -> str:
-    """``length`` lowercase letters, each uniform over a..z."""
-    return "".join(LETTERS[i] for i in rng.integers(0, 26, size=length))
+def random_word(rng: np.random.Generator, length: int, alphabet: str = LETTERS) -> str:
+    """``length`` characters, each uniform over ``alphabet`` (default a..z)."""
+    return "".join(alphabet[i] for i in rng.integers(0, len(alphabet), size=length))
 
 
-def _generation_task(name: str, tag: str, description: str, solve: Callable) -> Task:
+def pretraining_word(rng: np.random.Generator, length: int) -> str:
+    """A word of letters (3 in 4) or of digits (1 in 4): the base learns to read and write digits as
+    well as letters, though it never computes with them."""
+    return random_word(rng, length, DIGITS if rng.random() < 1 / 4 else LETTERS)
+
+
+def _generation_task(name: str, tag: str, description: str, solve: Callable, draw: Callable = random_word) -> Task:
     def make(rng, length):
-        word = random_word(rng, length)
+        word = draw(rng, length)
         return word, solve(word)
 
     return Task(name, tag, "generation", description, solve, make)
+
+
+# --------------------------------------------------------------------------- double (arithmetic)
+
+def double_number(word: str) -> str:
+    """The decimal number ``word`` times two: "1234" -> "2468", "0479" -> "0958" (as many digits)."""
+    return str(2 * int(word)).zfill(len(word))
+
+
+def _make_double(rng, length):
+    """A ``length``-digit number whose first digit is 0..4, so its double has as many digits and the
+    answer lines up with the question digit by digit, as in copy. Each answer digit is
+    (2 d_i + [d_(i+1) >= 5]) mod 10: a carry comes only from the next digit, never further."""
+    word = DIGITS[int(rng.integers(0, 5))] + "".join(DIGITS[i] for i in rng.integers(0, 10, size=length - 1))
+    return word, double_number(word)
+
+
+# --------------------------------------------------------------------------- ordered (classification)
+def is_ordered(word: str) -> int:
+    """1 if the letters of ``word`` are in alphabetical order (repeats allowed), else 0."""
+    return int(all(a <= b for a, b in zip(word, word[1:])))
+
+
+def _make_ordered_example(rng, length, label):
+    """(word, label): a sorted random word for label 1; for 0 a near miss (a sorted word with two
+    unequal neighbours swapped: same letters, one pair out of order) or a random unsorted word."""
+    if label == 1:
+        return "".join(sorted(random_word(rng, length))), 1
+    if rng.random() < 0.5:
+        word = sorted(random_word(rng, length))
+        spots = [i for i in range(length - 1) if word[i] != word[i + 1]]
+        if spots:                            # "aaa" has no unequal neighbours: fall back to random
+            i = spots[int(rng.integers(len(spots)))]
+            word[i], word[i + 1] = word[i + 1], word[i]
+            return "".join(word), 0
+    while True:
+        word = random_word(rng, length)
+        if not is_ordered(word):
+            return word, 0
 
 
 def shift_word(word: str) -> str:
@@ -167,22 +225,29 @@ def _make_palindrome_example(rng, length, label):
             return word, 0
 
 
-# Downstream tasks reuse what pretraining taught, changed: shift keeps copy's alignment but
-# changes each letter; rotate is a new rearrangement; palindrome compares a word with its reverse.
+# Downstream tasks reuse what pretraining taught, changed: rotate is a new rearrangement; double keeps
+# copy's alignment but computes on digits the base never saw; ordered asks sort's question as a yes/no;
+# shift keeps copy's alignment but changes each letter; palindrome compares a word with its reverse,
+# which a causal model reading left to right finds hard (full fine-tuning stays near 58% after 400
+# steps), so it is not in the downstream set.
 TASKS: dict[str, Task] = {t.name: t for t in (
-    _generation_task("copy", "cpy", "Write the letters unchanged.", lambda w: w),
-    _generation_task("reverse", "rev", "Write the letters in reverse order.", lambda w: w[::-1]),
-    _generation_task("sort", "srt", "Write the letters in alphabetical order.",
-                     lambda w: "".join(sorted(w))),
+    # pretraining: words of letters or of digits, so the base knows every character it will compute with
+    _generation_task("copy", "cpy", "Write the characters unchanged.", lambda w: w, pretraining_word),
+    _generation_task("reverse", "rev", "Write the characters in reverse order.", lambda w: w[::-1], pretraining_word),
+    _generation_task("sort", "srt", "Write the characters in order.", lambda w: "".join(sorted(w)), pretraining_word),
     _generation_task("shift", "inc", "Move each letter one step on in the alphabet, z round to a.",
                      shift_word),
     _generation_task("rotate", "rol", "Move the first letter to the end.", lambda w: w[1:] + w[:1]),
     Task("palindrome", "pal", "classification",
          "Say whether the letters read the same backwards (1) or not (0).",
          is_palindrome, _make_palindrome_example, min_input_len=2),  # every 1-letter word is one
+    Task("double", "dbl", "generation", "Double a number whose first digit is 0..4 (as many digits).",
+         double_number, _make_double, lengths=(2, 6)),
+    Task("ordered", "ord", "classification", "Say whether the letters are in alphabetical order (1) or not (0).",
+         is_ordered, _make_ordered_example, min_input_len=2, lengths=(3, 6)),
 )}
 PRETRAIN_TASKS = ("copy", "reverse", "sort")
-DOWNSTREAM_TASKS = ("shift", "rotate", "palindrome")
+DOWNSTREAM_TASKS = ("rotate", "double", "ordered")
 
 
 def get_task(name: str) -> Task:

@@ -15,7 +15,6 @@ fine-tuning spectra, the initialisation ablation, the rank recommendation) on th
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,13 +22,12 @@ import numpy as np
 from minilora import io
 from minilora.experiments import analysis
 from minilora.nn.backend import to_numpy
-from minilora.data.datasets import ClassificationData, make_splits
-from minilora.experiments.finetune import prepare
+from minilora.data.datasets import ClassificationData
 from minilora.adapters.config import LoraConfig
 from minilora.nn.model import SHORT_NAMES
 from minilora.adapters.lora_model import LoraModel
 from minilora.experiments.pretrain import load_base
-from minilora.experiments.train import TrainConfig, evaluate, train
+from minilora.experiments.runner import Budget, Method, Runner
 
 RANKS = (1, 2, 4, 8, 16, 64)
 TARGET_SETS = (("wq",), ("wq", "wv"), ("wq", "wk", "wv", "wo"), ("wq", "wv", "fc", "proj"))
@@ -42,26 +40,27 @@ INIT_VARIANTS = (("gaussian, std 1/sqrt(d_in)", "gaussian", None), ("gaussian, s
 # --------------------------------------------------------------------------- settings and runs
 @dataclass
 class SweepConfig:
-    task: str = "shift"          # downstream task (minilora.data.tasks.DOWNSTREAM_TASKS)
-    steps: int = 300             # per run, the same for every run (400 took the 35 runs past 10 min on 2 busy cores)
-    batch_size: int = 16         # 16 costs under half of 32 per step and learns about as fast per step
-    lr: float = 5e-3             # LoRA learning rate (AdamW), as minilora.experiments.finetune's default (1e-2 diverges on shift)
-    full_lr: float = 1e-3        # full fine-tuning learning rate
-    warmup_steps: int = 20
-    lora_alpha: float = 8.0      # §4.1: "we simply set alpha to the first r we try": 8, for every r
+    task: str = "double"         # downstream task (minilora.data.tasks.DOWNSTREAM_TASKS): far from pretraining
+    steps: int = 400             # per run, the same for every run (the findings' budget, where every method learns)
+    batch_size: int = 32
+    lr: float = 5e-3             # LoRA learning rate (AdamW), chosen by the sweep of docs/findings.md
+    full_lr: float = 1e-3        # full fine-tuning learning rate, from the same sweep
+    warmup_steps: int = 40
+    lora_alpha: float = 16.0     # §4.1: "we simply set alpha to the first r we try": 16, for every r
     init: str = "gaussian"       # LoraConfig default: A ~ N(0, 1/d_in), B = 0; its size does not depend on r
-    n_train: int = 2000          # training examples (a run sees 300 x 16 = 2.4 epochs)
-    n_test: int = 300            # held-out examples for accuracy and loss
+    n_train: int = 4000          # training examples
+    n_test: int = 500            # held-out examples for accuracy and loss
     ranks: tuple = RANKS
     target_sets: tuple = TARGET_SETS
     budget_rank: int = 8         # Table 5: r = 8 on one matrix type = r = 4 on two = r = 2 on four
     init_variants: tuple = INIT_VARIANTS
-    seed: int = 0                # data, LoRA initialisation and batch order of the main runs
+    seed: int = 0                # the data split of every run, and the LoRA initialisation and batch order of the main runs
     progress: bool = True        # one line per run
 
     @classmethod
-    def quick(cls, task: str = "shift", **overrides) -> "SweepConfig":
-        """Fewer steps, ranks and target sets: every analysis in well under a minute."""
+    def quick(cls, task: str = "rotate", **overrides) -> "SweepConfig":
+        """Fewer steps, ranks and target sets: every analysis in well under a minute (one run per cell:
+        for looking at matrices, not for verdicts; ``minilora findings`` judges on seeds)."""
         settings = dict(task=task, steps=60, n_train=400, n_test=100, ranks=(1, 4, 8, 64),
                         target_sets=(("wq",), ("wq", "wv")), warmup_steps=5,
                         init_variants=tuple(v for v in INIT_VARIANTS if v[2] is None))
@@ -85,17 +84,29 @@ class Run:
 
 
 class Lab:
-    """A base model, one task's train/test split, and every run made on them (cached)."""
+    """A base model, one task's train/test split, and every run made on them (cached).
+
+    The runs go through ``minilora.experiments.runner`` (the runner of every comparison in minilora),
+    with one data split for all of them (``SweepConfig.seed``): a seed here changes the adapter's
+    initialisation and the batch order only. Every run keeps its model, for the analyses.
+    """
 
     def __init__(self, config: SweepConfig | None = None, base=None, log=None):
-        self.config = config or SweepConfig()
-        self.base = base if base is not None else load_base()[0]
-        self.train_data, self.test_data = make_splits(self.config.task, self.config.n_train, self.config.n_test,
-                                                      seed=self.config.seed, block_size=self.base.config.block_size)
+        self.config = c = config or SweepConfig()
+        base = base if base is not None else load_base()[0]
+        self.log = log if log is not None else (print if c.progress else (lambda *a, **k: None))
+        budget = Budget(steps=c.steps, batch_size=c.batch_size, warmup_steps=c.warmup_steps, n_train=c.n_train,
+                        n_test=c.n_test, data_seed=c.seed)
+        self.runner = Runner(base, budget, keep_if=lambda method, task, seed: True, log=None)
+        self.base = base
+        self.train_data, self.test_data = self.runner.data(c.task, c.seed)
         self.classification = isinstance(self.train_data, ClassificationData)
         self.runs: dict[tuple, Run] = {}
-        self.log = log if log is not None else (print if self.config.progress else (lambda *a: None))
-        self.seconds = 0.0       # wall time spent training and evaluating
+
+    @property
+    def seconds(self) -> float:
+        """Wall time spent training and evaluating."""
+        return self.runner.seconds
 
     def lora_config(self, targets, r, *, seed=None, init=None, init_std=None) -> LoraConfig:
         return LoraConfig(r=r, lora_alpha=self.config.lora_alpha, target_modules=tuple(targets),
@@ -107,40 +118,26 @@ class Lab:
         """The run of LoRA with rank r on ``targets`` (trained on first use, then cached)."""
         seed = self.config.seed if seed is None else seed
         init = init or self.config.init
-        key = ("lora", tuple(targets), int(r), seed, init, init_std)
-        if key not in self.runs:
-            cfg = self.lora_config(targets, r, seed=seed, init=init, init_std=init_std)
-            model = prepare(self.base, "lora", self.train_data, cfg, seed=self.config.seed)
-            label = f"lora {targets_label(targets)} r={r}"
-            if seed != self.config.seed:
-                label += f" seed={seed}"
-            if init != self.config.init or init_std is not None:
-                label += f" {init}" + (f" std={init_std}" if init_std is not None else "")
-            self.runs[key] = self._train(model, "lora", tuple(targets), int(r), seed, init, self.config.lr, label)
-        return self.runs[key]
+        label = f"lora {targets_label(targets)} r={r}"
+        if seed != self.config.seed:
+            label += f" seed={seed}"
+        if init != self.config.init or init_std is not None:
+            label += f" {init}" + (f" std={init_std}" if init_std is not None else "")
+        method = Method(label, "lora", self.config.lr, self.lora_config(targets, r, seed=seed, init=init, init_std=init_std))
+        return self._run(("lora", tuple(targets), int(r), seed, init, init_std), method, tuple(targets), int(r), seed, init)
 
     def full(self) -> Run:
         """Full fine-tuning of every base weight (trained on first use, then cached)."""
-        key = ("full",)
-        if key not in self.runs:
-            model = prepare(self.base, "full", self.train_data, seed=self.config.seed)
-            self.runs[key] = self._train(model, "full", (), 0, self.config.seed, "", self.config.full_lr,
-                                         "full fine-tuning")
-        return self.runs[key]
+        return self._run(("full",), Method("full fine-tuning", "full", self.config.full_lr), (), 0, self.config.seed, "")
 
-    def _train(self, model, method, targets, r, seed, init, lr, label) -> Run:
-        c = self.config
-        tc = TrainConfig(steps=c.steps, batch_size=c.batch_size, lr=lr, warmup_steps=c.warmup_steps,
-                         weight_decay=0.0, eval_every=c.steps, seed=seed, progress=False)
-        t0 = time.perf_counter()
-        train(model, self.train_data, None, tc, desc=label)
-        final = evaluate(model, self.test_data)
-        seconds = time.perf_counter() - t0
-        self.seconds += seconds
-        self.log(f"  [{len(self.runs) + 1:>2}] {label:<34} accuracy {100 * final['accuracy']:5.1f}%  "
-                 f"loss {final['loss']:.3f}  ({seconds:.0f} s)")
-        return Run(method, targets, r, seed, init, final["accuracy"], final["loss"],
-                   model.num_params(trainable_only=True), seconds, model)
+    def _run(self, key, method, targets, r, seed, init) -> Run:
+        if key not in self.runs:
+            res = self.runner.run(method, self.config.task, seed)
+            self.log(f"  [{len(self.runs) + 1:>2}] {method.name:<34} accuracy {100 * res.accuracy:5.1f}%  "
+                     f"loss {res.loss:.3f}  ({res.seconds:.0f} s)")
+            self.runs[key] = Run(method.kind, targets, r, seed, init, res.accuracy, res.loss, res.trainable,
+                                 res.seconds, self.runner.model(method, self.config.task, seed))
+        return self.runs[key]
 
 
 def save_plot(fig, path, *, tight: bool = True):
