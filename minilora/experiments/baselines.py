@@ -12,8 +12,8 @@ Each baseline is a registered preparer (``minilora.experiments.runner``), so a m
 Every run measures, besides the runner's accuracy, loss, trainable count and ms per step:
     optimizer_bytes   AdamW's state: two float32 moments per trainable parameter
     extra_positions   special positions added to every sequence (l_p + l_i; 0 for the others)
-    inference_ratio   forward time of the trained model, LoRA merged first, over the base's, on one
-                      test batch in interleaved rounds (median of the per-round ratios; the machine is
+    inference_ratio   forward time of the trained model, LoRA merged first, over the base's, on 64
+                      test rows in 10 interleaved rounds (median of the per-round ratios; the machine is
                       shared, so read it next to extra_positions, which is exact)
 
 Shapes: B batch, T time, C channels, L blocks.
@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 
+from minilora import fast
 from minilora.adapters.adapted import AdaptedModel
 from minilora.adapters.bitfit import BitFitConfig, BitFitModel
 from minilora.adapters.bottleneck import AdapterConfig, AdapterModel
@@ -114,15 +115,16 @@ def extra_positions(model, task, runner) -> int:
     return 0 if specials is None else specials.n
 
 
-def inference_ratio(model, task, runner, *, rounds: int = 15, warmup: int = 3) -> float:
-    """Median over interleaved rounds of forward time (trained model, LoRA merged) / forward time (base).
+def inference_ratio(model, task, runner, *, rounds: int = 10, warmup: int = 2, rows: int = 64) -> float:
+    """Median over interleaved rounds of forward time (trained model, LoRA merged) / forward time (base),
+    on ``rows`` test examples with the training loop's fast kernels.
 
     A plain GPT (full fine-tuning) has the base's architecture exactly: its ratio is 1 by construction.
     """
     if not isinstance(model, AdaptedModel):
         return 1.0
     _, test = runner.data(task, 0)
-    n = min(256, len(test))
+    n = min(rows, len(test))
     x = backend.asarray(test.x[:n])
     last = backend.asarray(test.last[:n]) if isinstance(test, ClassificationData) else None
     forward = (lambda: model.classify(x, last)) if last is not None else (lambda: model.forward(x))
@@ -135,11 +137,12 @@ def inference_ratio(model, task, runner, *, rounds: int = 15, warmup: int = 3) -
             t = {}
             for which in (("adapted", "base") if k % 2 == 0 else ("base", "adapted")):
                 t0 = time.perf_counter()
-                if which == "base":
-                    with _base_view(model):
+                with fast.use_kernels(model):
+                    if which == "base":
+                        with _base_view(model):
+                            forward()
+                    else:
                         forward()
-                else:
-                    forward()
                 backend.synchronize()
                 t[which] = time.perf_counter() - t0
             if k >= warmup:
