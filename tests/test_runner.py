@@ -161,3 +161,18 @@ def test_a_method_measure_runs_after_that_methods_runs_only(runner, monkeypatch)
     assert res.select("rotate", "full")[0].extra == {}, "a method measure must not run for other methods"
     with pytest.raises(ValueError, match="no measure registered"):
         runner.run(dataclasses.replace(measured, measures=("drift",)), "rotate", 0)
+
+
+def test_a_saved_comparison_is_remembered_by_recipe_not_by_name(tiny_base, tmp_path):
+    """Runs saved under "lora r=2" serve a method of the same recipe named "lora" without training;
+    another recipe trains, and a saved budget other than the runner's is refused."""
+    first = Runner(tiny_base, BUDGET, log=None)
+    saved = Results.load(run_methods([lora_method(2, lr=1e-2)], ["rotate"], [0, 1], runner=first).save(tmp_path / "s.json"))
+    second = Runner(tiny_base, BUDGET, log=None)
+    assert second.remember(saved) == 2, "both saved runs should be taken"
+    res = run_methods([lora_method(2, lr=1e-2, name="lora"), lora_method(2, lr=2e-2, name="faster")], ["rotate"],
+                      [0, 1], runner=second)
+    assert [r.accuracy for r in res.select("rotate", "lora")] == [r.accuracy for r in saved.runs]
+    assert len(second.runs) == 4 and res.select("rotate", "lora")[0].method == "lora", len(second.runs)
+    with pytest.raises(ValueError, match="another budget"):
+        Runner(tiny_base, Budget(steps=4), log=None).remember(saved)

@@ -115,12 +115,20 @@ class Method:
     def key(self, task: str | None = None) -> str:
         """What identifies a run's recipe: kind, lr (for ``task``, if given), config and budget. The name
         is only a label, and eval_every only adds evaluations, so neither is part of it."""
-        d = self.to_dict()
-        d.pop("name")
-        d["budget"].pop("eval_every", None)
         if task is not None:
-            d["lr"] = self.lr_for(task)
-        return json.dumps(d, sort_keys=True, default=str)
+            self.lr_for(task)                # a task without a learning rate is an error, not a key
+        return recipe_key(self.to_dict(), task)
+
+
+def recipe_key(method: dict, task: str | None = None) -> str:
+    """``Method.key`` of a method's record (``Method.to_dict()``, or as a saved Results holds it)."""
+    d = {k: v for k, v in method.items() if k != "name"}
+    d["budget"] = {k: v for k, v in d["budget"].items() if k != "eval_every"}
+    if task is not None and isinstance(d["lr"], dict):
+        d["lr"] = d["lr"][task]
+    if task is not None:
+        d["lr"] = float(d["lr"])
+    return json.dumps(d, sort_keys=True, default=str)
 
 
 def lora_method(r: int, *, lr: float | dict, targets=("wq", "wv"), lora_alpha: float | None = None,
@@ -279,6 +287,22 @@ class Runner:
         self.log(f"  {task:<10} {method.name:<22} seed {seed}  accuracy {100 * result.accuracy:5.1f}%  "
                  f"loss {result.loss:.3f}  ({seconds:.1f} s)", flush=True)
         return result
+
+    def remember(self, results: Results) -> int:
+        """Take the runs of an earlier comparison (a saved ``Results``, made under this runner's budget)
+        into the cache: a later run of the same recipe, task and seed returns it instead of training
+        again (a long comparison resumes; two comparisons share the runs they have in common).
+        Returns how many runs were taken."""
+        if results.budget and results.budget != dataclasses.asdict(self.budget):
+            raise ValueError(f"those runs were made under another budget ({results.budget}), not this runner's "
+                             f"({dataclasses.asdict(self.budget)})")
+        taken = 0
+        for run in results.runs:
+            if run.method in results.methods:
+                key = (recipe_key(results.methods[run.method], run.task), run.task, int(run.seed))
+                taken += key not in self.runs
+                self.runs.setdefault(key, run)
+        return taken
 
     def model(self, method: Method, task: str, seed: int):
         """The trained model of that run (trained now if it was not kept)."""
