@@ -1,4 +1,4 @@
-"""A QLoRA training step against a LoRA step: what dequantizing the 4-bit base for every product costs.
+"""QLoRA and QDoRA training steps against a LoRA step: what dequantizing the 4-bit base for every product costs.
 
     python benchmarks/bench_qlora.py                     # both configurations, 20 interleaved rounds
     python benchmarks/bench_qlora.py --rounds 40 --configs small
@@ -10,10 +10,13 @@ QLoRA, the same adapters over the same base after ``quantize_base(model, "nf4", 
 (every block linear in 4 bits, dequantized to float32 for each matrix product: once in the forward,
 once in the backward). A third step, "QLoRA (textbook dequant)", replaces the one-gather
 dequantizer with the textbook ``QuantizedTensor.dequantize`` to show what the fast form buys.
+DoRA and QDoRA are the same adapters with ``use_dora=True`` (Liu et al. 2024; the §4.3 detached
+norm) on the float and on the 4-bit base, so QDoRA / QLoRA is what DoRA adds on a 4-bit base and
+QDoRA / DoRA what the 4-bit base adds to DoRA.
 
 All steps are built in one process and timed in interleaved rounds (``bench_latency.interleaved_times``:
 every round runs every step, in rotating order), so a slow spell of a shared machine falls on all
-of them; the ratio is the median over rounds of QLoRA time / LoRA time in the same round. The
+of them; a ratio is the median over rounds of one step's time / another's in the same round. The
 dequantization share is measured in separate rounds of the QLoRA step with the dequantizer wrapped
 in a timer: the seconds inside it, summed over the worker threads, / (workers x the step's
 seconds), median over rounds. With 2 workers each shard dequantizes every weight for itself, so a
@@ -35,9 +38,11 @@ import numpy as np  # noqa: E402
 
 import common  # noqa: E402
 from bench_latency import interleaved_times  # noqa: E402
-from bench_train import (CONFIGS, LR, SHORT, WEIGHT_DECAY, as_trained, attach_lora, gpt_config,  # noqa: E402
-                         random_batch)
+from bench_train import (CONFIGS, LORA_R, LORA_TARGETS, LR, SHORT, WEIGHT_DECAY, as_trained,  # noqa: E402
+                         gpt_config, random_batch)
 from minilora.adapters import qlinear  # noqa: E402
+from minilora.adapters.config import LoraConfig  # noqa: E402
+from minilora.adapters.lora_model import LoraModel  # noqa: E402
 from minilora.adapters.qbase import quantize_base  # noqa: E402
 from minilora.experiments.train import to_backend  # noqa: E402
 from minilora.fast.parallel import loss_and_grads  # noqa: E402
@@ -45,8 +50,11 @@ from minilora.nn import backend  # noqa: E402
 from minilora.nn.model import GPT  # noqa: E402
 from minilora.nn.optim import AdamW  # noqa: E402
 
-METHODS = ("lora", "qlora", "qlora_textbook")
+METHODS = ("lora", "qlora", "qlora_textbook", "dora", "qdora")
+ON_4BIT = ("qlora", "qlora_textbook", "qdora")
 TARGET = 1.3          # the issue's bound: a QLoRA step costs at most 1.3 LoRA steps
+RATIOS = {"ratio": ("qlora", "lora"), "ratio_textbook": ("qlora_textbook", "lora"), "dora_vs_lora": ("dora", "lora"),
+          "qdora_vs_lora": ("qdora", "lora"), "qdora_vs_qlora": ("qdora", "qlora"), "qdora_vs_dora": ("qdora", "dora")}
 
 
 FAST_DEQUANT = qlinear.dequantize_fast     # what every 4-bit product calls (the layers look it up per call)
@@ -75,9 +83,10 @@ def build_step(name: str, method: str, workers: int, seed: int):
     """A closure running one training step of ``method`` ("lora", "qlora", ...) on configuration ``name``."""
     config, B, T = gpt_config(name)
     model = GPT(config, seed=seed)
-    if method != "lora":
+    if method in ON_4BIT:
         quantize_base(model, "nf4", double_quant=True)
-    model = as_trained(attach_lora(model))
+    lora = LoraConfig(r=LORA_R, target_modules=LORA_TARGETS, use_dora=method in ("dora", "qdora"))
+    model = as_trained(LoraModel(model, lora))                # bench_train's LoRA: r = 8 on wq and wv
     opt = AdamW(lr=LR, weight_decay=WEIGHT_DECAY)
     batch = to_backend(random_batch(config, B, T, seed))
     textbook = method == "qlora_textbook"
@@ -100,13 +109,12 @@ def frozen_bytes(model) -> dict:
 
 
 def measure(name: str, *, workers: int, rounds: int, warmup: int, seed: int) -> dict:
-    """Interleaved rounds of the three steps, then rounds of the QLoRA step with its dequantizer timed."""
+    """Interleaved rounds of the five steps, then rounds of the QLoRA step with its dequantizer timed."""
     steps, models = {}, {}
     for method in METHODS:
         steps[method], models[method] = build_step(name, method, workers, seed)
     times = interleaved_times(steps, repeats=rounds, warmup=warmup, sync=backend.synchronize)
-    ratio = np.asarray(times["qlora"]) / np.asarray(times["lora"])
-    ratio_textbook = np.asarray(times["qlora_textbook"]) / np.asarray(times["lora"])
+    ratios = {key: np.asarray(times[a]) / np.asarray(times[b]) for key, (a, b) in RATIOS.items()}
     shares, calls = [], 0
     for _ in range(rounds):
         timer = DequantTimer()
@@ -124,8 +132,8 @@ def measure(name: str, *, workers: int, rounds: int, warmup: int, seed: int) -> 
     lora_bytes, qlora_bytes = frozen_bytes(models["lora"].model), frozen_bytes(models["qlora"].model)
     return {"config": name, "workers": workers, "rounds": rounds,
             **{f"{m}_ms": 1e3 * float(np.median(times[m])) for m in METHODS},
-            "ratio": float(np.median(ratio)), "ratio_q25": float(np.quantile(ratio, 0.25)),
-            "ratio_q75": float(np.quantile(ratio, 0.75)), "ratio_textbook": float(np.median(ratio_textbook)),
+            **{key: float(np.median(r)) for key, r in ratios.items()},
+            **{f"{key}_q{q}": float(np.quantile(r, q / 100)) for key, r in ratios.items() for q in (25, 75)},
             "dequant_share": float(np.median(shares)), "dequant_share_q25": float(np.quantile(shares, 0.25)),
             "dequant_share_q75": float(np.quantile(shares, 0.75)), "dequant_calls_per_step": calls,
             "quantized_layers": len(models["qlora"].model.weight_parts),
@@ -134,28 +142,31 @@ def measure(name: str, *, workers: int, rounds: int, warmup: int, seed: int) -> 
             "block_weight_ratio": lora_bytes["block_weight_bytes"] / qlora_bytes["block_weight_bytes"],
             "float_frozen_bytes": lora_bytes["frozen_bytes"], "nf4_frozen_bytes": qlora_bytes["frozen_bytes"],
             "frozen_ratio": lora_bytes["frozen_bytes"] / qlora_bytes["frozen_bytes"], "meets_target": bool(
-                np.median(ratio) <= TARGET)}
+                np.median(ratios["ratio"]) <= TARGET)}
 
 
 COLUMNS = [("config", "config", "s"), ("workers", "workers", "d"), ("lora_ms", "LoRA ms", ".1f"),
            ("qlora_ms", "QLoRA ms", ".1f"), ("ratio", "QLoRA/LoRA", ".3f"), ("ratio_q25", "q25", ".3f"),
            ("ratio_q75", "q75", ".3f"), ("dequant_share", "dequant share", ".3f"),
            ("dequant_calls_per_step", "dequants/step", "d"), ("qlora_textbook_ms", "textbook ms", ".1f"),
-           ("ratio_textbook", "textbook/LoRA", ".3f"), ("block_weight_ratio", "block bytes f32/nf4", ".2f"),
-           ("frozen_ratio", "frozen bytes f32/nf4", ".2f")]
+           ("ratio_textbook", "textbook/LoRA", ".3f"), ("qdora_ms", "QDoRA ms", ".1f"),
+           ("qdora_vs_lora", "QDoRA/LoRA", ".3f"), ("qdora_vs_qlora", "QDoRA/QLoRA", ".3f"),
+           ("qdora_vs_qlora_q25", "q25", ".3f"), ("qdora_vs_qlora_q75", "q75", ".3f"),
+           ("qdora_vs_dora", "QDoRA/DoRA", ".3f"), ("dora_vs_lora", "DoRA/LoRA", ".3f"),
+           ("block_weight_ratio", "block bytes f32/nf4", ".2f"), ("frozen_ratio", "frozen bytes f32/nf4", ".2f")]
 
 
 def plot(rows: list[dict], path: Path) -> Path:
-    """Step times per configuration (LoRA, QLoRA, QLoRA with the textbook dequantizer) and the 1.3x bound."""
+    """Step times per configuration (LoRA, QLoRA, QLoRA with the textbook dequantizer, DoRA, QDoRA), 1.3x LoRA."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.8))
+    fig, ax = plt.subplots(figsize=(8, 3.8))
     labels = [f"{r['config']}\nx{r['workers']}" for r in rows]
-    for j, (m, label) in enumerate(zip(METHODS, ("LoRA", "QLoRA", "QLoRA, textbook dequant"))):
-        ax.bar(np.arange(len(rows)) + 0.27 * (j - 1), [r[f"{m}_ms"] for r in rows], 0.27, label=label)
+    for j, (m, label) in enumerate(zip(METHODS, ("LoRA", "QLoRA", "QLoRA, textbook dequant", "DoRA", "QDoRA"))):
+        ax.bar(np.arange(len(rows)) + 0.17 * (j - 2), [r[f"{m}_ms"] for r in rows], 0.17, label=label)
     ax.scatter(np.arange(len(rows)), [TARGET * r["lora_ms"] for r in rows], marker="_", s=900, color="k",
                label=f"{TARGET} x LoRA", zorder=3)
     ax.set_xticks(np.arange(len(rows)), labels, fontsize=8)
@@ -184,8 +195,9 @@ def main(argv=None):
     env = {**common.environment(), "load_average_before": load_before}
     print()
     print(common.format_table(rows, COLUMNS))
-    print(f"\nQLoRA/LoRA: median over {args.rounds} interleaved rounds of the per-round ratio (quartiles q25-q75); "
-          f"target <= {TARGET}. dequant share: seconds in the dequantizer / (workers x QLoRA step seconds).")
+    print(f"\nQLoRA/LoRA and the other ratios: median over {args.rounds} interleaved rounds of the per-round ratio "
+          f"(quartiles q25-q75); QLoRA target <= {TARGET}. dequant share: seconds in the dequantizer / (workers x "
+          f"QLoRA step seconds).")
     common.print_conditions(env, load_before)
     common.save_results(args.out, f"qlora_step_{args.backend}", args, {"environment": env, "results": rows,
                                                                       "target": TARGET, "configs": CONFIGS},

@@ -73,8 +73,8 @@ def _add_finetune(sub):
     p = sub.add_parser("finetune", help="fine-tune the base on a task with LoRA or fully")
     p.add_argument("--task", default="shift", help="shift | rotate | palindrome (ignored with --text)")
     p.add_argument("--text", default=None, help="fine-tune on this plain-text file instead")
-    p.add_argument("--method", default="lora", choices=["lora", "qlora", "full"],
-                   help="qlora: LoRA on the base stored in 4 bits (NF4, double quantization)")
+    p.add_argument("--method", default="lora", choices=["lora", "qlora", "dora", "qdora", "full"],
+                   help="qlora: LoRA on the base stored in 4 bits (NF4, double quantization); qdora: DoRA on it")
     p.add_argument("--base", default=None, help="base model folder (default: the shipped base)")
     p.add_argument("--r", type=int, default=None, help="LoRA rank (default: the library's, see below)")
     p.add_argument("--alpha", type=float, default=None,
@@ -110,13 +110,14 @@ def _finetune(args):
         from minilora.cli_interop import finetune_hf_command
         return finetune_hf_command(args)
     kind = "generation" if args.text else get_task(args.task).kind
-    checkpoints = _checkpoints(args, files.FILES if args.method == "lora" else checkpoint.FILES)
+    checkpoints = _checkpoints(args, checkpoint.FILES if args.method == "full" else files.FILES)   # adapters
     base = load_base(args.base)[0]
     if args.text:
         _report_text(args.text, base.config.block_size)
     given = {"r": args.r, "lora_alpha": args.alpha, "seed": args.seed,
              "target_modules": tuple(args.targets.split(",")) if args.targets is not None else None}
-    lora = dataclasses.replace(default_lora_config(kind), **{k: v for k, v in given.items() if v is not None})
+    lora = dataclasses.replace(default_lora_config(kind), **{k: v for k, v in given.items() if v is not None},
+                               use_dora=args.method in ("dora", "qdora"))
     given = {"steps": args.steps, "lr": args.lr, "seed": args.seed, "save_every": args.save_every}
     tc = dataclasses.replace(default_train_config(args.method, None if args.text else args.task), **{k: v for k, v in given.items() if v is not None})
     res = finetune(args.task, args.method, base=base, lora_config=lora, train_config=tc, seed=args.seed,

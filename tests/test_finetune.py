@@ -69,7 +69,21 @@ def test_classification_without_head_in_modules_to_save_is_an_error():
         prepare(GPT(BASE), "lora", data, LoraConfig(r=2))
 
 
+def test_dora_methods_build_dora_layers_and_qdora_on_a_4bit_base():
+    """'dora' is LoRA's recipe with use_dora=True; 'qdora' the same on 4-bit block linears (the head stays float)."""
+    data = make_dataset("shift", 8, seed=0, block_size=24)
+    dora, qdora = prepare(GPT(BASE), "dora", data), prepare(GPT(BASE), "qdora", data)
+    kinds = {m: {s.kind for s in lm.model.linears.values()} for m, lm in (("dora", dora), ("qdora", qdora))}
+    assert kinds == {"dora": {"dora", "linear"}, "qdora": {"dora", "qlinear", "linear"}}, f"layer kinds {kinds}"
+
+
+def test_a_dora_method_with_a_config_that_is_not_dora_is_an_error():
+    """method='qdora' with LoraConfig(use_dora=False) contradicts itself: refused, not silently changed."""
+    with pytest.raises(ValueError, match="use_dora=False"):
+        prepare(GPT(BASE), "qdora", make_dataset("shift", 8, seed=0, block_size=24), LoraConfig(r=2))
+
+
 def test_unknown_method_is_an_error():
-    """Only 'lora', 'full' and 'qlora' exist."""
+    """Only 'lora', 'full', 'qlora', 'dora' and 'qdora' exist."""
     with pytest.raises(ValueError, match="unknown method 'bitfit'"):
         prepare(GPT(BASE), "bitfit", make_dataset("shift", 8, seed=0, block_size=24))

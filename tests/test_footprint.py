@@ -36,6 +36,18 @@ def test_lora_and_qlora_keep_no_gradient_or_optimizer_state_for_frozen_weights()
     assert rows["full"]["frozen weights"] == 0 and all(r["matches"] for r in rows.values()), "formula mismatch"
 
 
+def test_dora_adds_its_magnitudes_and_one_output_per_row_and_keeps_no_weight_copy():
+    """Measured: DoRA = LoRA + m (d_out per matrix, with its gradient and AdamW state) + x V^T, ||V||, m / ||V||
+    per row; QDoRA keeps QLoRA's 4-bit frozen bytes (no float V or W0 appears in its activations)."""
+    rows = {r["method"]: r for r in measured_report(GPT(SMALL, seed=0), B=3, T=6, r=4)}
+    n_rows, N = 2 * SMALL.n_layer * 16, 3 * 6                 # d_out = 16 for wq and wv in each block; N = B T
+    expected = {"trainable weights": 4 * n_rows, "gradients": 4 * n_rows, "optimizer state": 8 * n_rows,
+                "activations": 4 * (N + 2) * n_rows, "frozen weights": 0}
+    for dora, lora in (("dora", "lora"), ("qdora", "qlora")):
+        received = {p: rows[dora][p] - rows[lora][p] for p in PARTS}
+        assert received == expected, f"{dora} - {lora}: expected {expected}, received {received}"
+
+
 def test_shares_of_each_row_add_up_to_one():
     """Each report row's shares sum to 1 and its total is the sum of its parts."""
     for row in extrapolate(SHAPES["7B"]):
@@ -51,10 +63,11 @@ def test_65b_full_fine_tuning_in_16_bits_needs_about_780_gb():
     assert 770e9 < full["total"] < 790e9, f"total {full['total'] / 1e9:.1f} GB"
 
 
-def test_65b_qlora_fits_in_48_gb_and_16_bit_lora_does_not():
-    """QLoRA's claim in the paper's setting: < 48 GB with the 4-bit base; the same LoRA on a 16-bit base > 130 GB."""
+def test_65b_qlora_and_qdora_fit_in_48_gb_and_16_bit_lora_does_not():
+    """QLoRA's claim in the paper's setting: < 48 GB on the 4-bit base (QDoRA too); LoRA on a 16-bit base > 130 GB."""
     rows = {r["method"]: r for r in extrapolate(SHAPES["65B"], PAPER_SETTING)}
     assert rows["qlora"]["total"] < 48e9, f"QLoRA needs {rows['qlora']['total'] / 1e9:.1f} GB"
+    assert rows["qlora"]["total"] < rows["qdora"]["total"] < 48e9, f"QDoRA needs {rows['qdora']['total'] / 1e9:.1f} GB"
     assert rows["lora"]["total"] > 130e9, f"LoRA needs {rows['lora']['total'] / 1e9:.1f} GB"
     ratio = rows["lora"]["frozen weights"] / rows["qlora"]["frozen weights"]
     assert 3.5 < ratio < 3.9, f"16-bit / 4-bit frozen bytes {ratio:.2f} (16 / 4.127 = 3.88, less the 16-bit embeddings)"

@@ -1,4 +1,4 @@
-"""Spec: the LoRA / QLoRA / full comparison (minilora.experiments.qlora_compare) and finetune's "qlora" method.
+"""Spec: the LoRA / QLoRA / QDoRA / full comparison (minilora.experiments.qlora_compare) and finetune's "qlora" method.
 
 Expected values: the definitions (mean, sample sd, paired differences), and the 4-bit storage count.
 """
@@ -20,7 +20,7 @@ def test_finetune_prepares_qlora_as_lora_on_a_4bit_copy(tiny_base):
 
 
 def test_a_tiny_comparison_trains_every_method_and_reports_4bit_bytes(tiny_base):
-    """Two seeds, three steps: one row per run; QLoRA's block weights take about 32 / 4.127 times fewer bytes."""
+    """Two seeds, three steps: one row per run; 4-bit block weights (QLoRA's, QDoRA's) take ~7.8 x fewer bytes."""
     rows = qlora_compare.run_comparison(("shift",), (0, 1), base=tiny_base, steps=3, n_train=64, n_test=16,
                                         log=lambda *_: None)
     assert [(r["method"], r["seed"]) for r in rows] == [(m, s) for s in (0, 1) for m in qlora_compare.METHODS]
@@ -28,6 +28,9 @@ def test_a_tiny_comparison_trains_every_method_and_reports_4bit_bytes(tiny_base)
     f = next(r for r in rows if r["method"] == "lora")
     ratio = f["block_weight_bytes"] / q["block_weight_bytes"]
     assert ratio > 6.5, f"float32 / 4-bit block bytes {ratio:.2f}"
+    qd = next(r for r in rows if r["method"] == "qdora")
+    assert qd["block_weight_bytes"] == q["block_weight_bytes"], f"QDoRA {qd['block_weight_bytes']} B vs QLoRA's"
+    assert 0.0 <= qd["merged_4bit_accuracy"] <= 1.0, "QDoRA runs report the merge drift as QLoRA's do"
 
 
 def test_summary_gives_mean_sd_and_paired_differences():

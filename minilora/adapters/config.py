@@ -24,6 +24,7 @@ from minilora.adapters.dora import MAGNITUDE, dora_magnitude_init
 from minilora.adapters.files import ENVELOPE, register_config
 from minilora.adapters.lora import INITS, init_lora_pair, lora_scale
 from minilora.adapters.lora_init import olora_init, pissa_init
+from minilora.adapters.qlinear import QUANT_OPTIONS, frozen_weight
 from minilora.nn import backend
 from minilora.nn.linears import LinearSpec
 from minilora.nn.model import GPT, SHORT_NAMES
@@ -76,8 +77,9 @@ class LoraConfig:
         ``base_linears``: the model's specs without adapters, whose tensors the layers read.
         LoRA's init: A random, B = 0 (§4.1). PiSSA/OLoRA: A, B from W0 and the residual
         W_res = W0 - s B A as the adapter's own frozen copy of the weight (``saved`` + ``frozen``),
-        so the base model itself is never changed. DoRA adds m = ||W + s B A|| row-wise (W = W0 or
-        W_res), so every variant starts exactly at the base model.
+        so the base model itself is never changed. DoRA adds m = ||W + s B A|| row-wise (W = W0,
+        W_res, or on a 4-bit base the dequantized W0: QDoRA), so every variant starts exactly at the
+        base model. PiSSA/OLoRA on a 4-bit base are refused.
         """
         _check_fields(self)                          # again: a field set after construction is checked too
         tensors, specs, saved, frozen = {}, {}, [], set()
@@ -85,9 +87,12 @@ class LoraConfig:
             d_out, d_in = model.weight_shape(name)
             base = base_linears[name]                         # a 4-bit base's options say how to dequantize W0
             W = model.params.get(name + ".weight")            # None on a 4-bit base (its parts hold W0)
-            if W is None and (self.use_dora or self.init_lora_weights in WEIGHT_INITS):
-                raise ValueError(f"{name} is stored in 4 bits: DoRA's magnitude and PiSSA/OLoRA's factors need "
-                                 f"the float weight; quantize after building them, or use plain LoRA (QLoRA)")
+            if W is None and self.init_lora_weights in WEIGHT_INITS:
+                raise ValueError(f"{name} is stored in 4 bits: {self.init_lora_weights}'s factors are decomposed "
+                                 f"from the float W0 and their residual W0 - s B A would be a float copy of the "
+                                 f"weight; build them on the float base, or use LoRA/DoRA's init on a 4-bit base")
+            if W is None and self.use_dora:                   # QDoRA: m from the dequantized W0, as PEFT's
+                W = dequantized_weight(model, base)           # dequantize_module_weight; no float copy is kept
             a_key, b_key = f"{name}.lora_A.weight", f"{name}.lora_B.weight"
             if self.init_lora_weights in WEIGHT_INITS:
                 A, B_, W = initial_factors(self.init_lora_weights, W, r, scale)
@@ -115,6 +120,12 @@ class LoraConfig:
         elif self.bias == "lora_only":
             saved += [f"{n}.bias" for n in specs]
         return AdapterParts(tensors, specs, saved, frozen)
+
+
+def dequantized_weight(model: GPT, spec: LinearSpec):
+    """W0 (d_out, d_in) of a 4-bit layer ``spec``, dequantized in the model's dtype as its forward does."""
+    t = {role: model.params[p] for role, p in spec.tensors.items()}
+    return frozen_weight(model.dtype, t, {k: v for k, v in spec.options.items() if k in QUANT_OPTIONS})
 
 
 def initial_factors(init: str, W0, r: int, scale: float):

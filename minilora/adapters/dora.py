@@ -27,11 +27,19 @@ like ``lora_backward``.
 
 The registry entry "dora" (bottom of this module) runs these functions for a model: roles weight,
 bias, lora_A, lora_B and lora_magnitude (m, saved under PEFT's name ``lora_magnitude_vector``),
-options scale, dropout and detach_norm; ``LoraConfig(use_dora=True)`` builds such layers.
+options scale, dropout and detach_norm; ``LoraConfig(use_dora=True)`` builds such layers. Between
+forward and backward it keeps a leaner cache than ``dora_forward`` returns: V (a float array the
+size of the weight) is dropped, and the exact mode rebuilds it from W0 in the backward.
+
+On a base stored in 4 bits (``minilora.adapters.qbase.quantize_base``) the same kind is QDoRA
+(DoRA on QLoRA's base, as PEFT's ``use_dora=True`` on a bitsandbytes model): W0 is dequantized
+once per product (``qlinear.frozen_weight``), the cache holds the 4-bit weight, never a float
+copy (``qlinear.hold_4bit``), and m starts as the row norms of the dequantized W0.
 """
 from __future__ import annotations
 
 from minilora.adapters.lora import dropout_mask
+from minilora.adapters.qlinear import frozen_weight, hold_4bit, refuse_training_the_4bit_weight, reload_4bit
 from minilora.nn.backend import xp
 from minilora.nn.linears import LinearKind, register
 
@@ -111,9 +119,10 @@ def dora_backward(dy, cache, *, detach_norm=True):
     behaviour): C = ||V|| is treated as a constant, so A and B get the gradient of the loss with C
     held fixed, not of the true loss; the trick drops the term of eq. 6 that projects the gradient
     away from V. dm and dx are exact in both modes: C depends on neither m nor x.
-    detach_norm=False: the exact gradient of eq. 5. Here the exact mode costs two thin products and
-    no memory (V is cached for the norm anyway); the memory the §4.3 trick saves in the paper is
-    what autograd keeps to differentiate through the norm.
+    detach_norm=False: the exact gradient of eq. 5. It needs V itself (the cache's V; the registry
+    entry, which does not keep V, rebuilds it from W0 for this mode) and two thin products; the
+    detached mode never reads V. The memory the §4.3 trick saves in the paper is what autograd
+    keeps to differentiate through the norm.
     Rows with C = 0 have g = 0 (``dora_factor``): their dm and correction are 0.
     The bias gradient, if the bias trains, is dy summed over rows (the caller's, as for LoRA).
     ### BEGIN HINT
@@ -183,12 +192,33 @@ def dora_unmerge(W, A, B_, m, scale, weight_norm):
 
 
 # --------------------------------------------------------------------------- the registry entry
-def _dora_linear_forward(x, t, *, scale, dropout=0.0, detach_norm=True, training=False, rng=None):
-    """The "dora" kind: dora_forward on the spec's tensors; dropout on the DoRA path in training only."""
+def drop_V(cache):
+    """``dora_forward``'s cache without V (d_out, d_in): a float array the size of the weight, which
+    the detached backward never reads, and which on a 4-bit base would undo QLoRA's saving."""
+    x2, xd, W0, A, B_, V, C, g, u, zv, scale, dropout_mask, x_shape = cache
+    return (x2, xd, W0, A, B_, None, C, g, u, zv, scale, dropout_mask, x_shape)
+
+
+def rebuild_V(cache):
+    """The cache with V = W0 + s B A again, from the cache's (reloaded) W0: what the exact backward reads.
+
+    The same operations as the forward's ``adapted_weight_and_norm`` on the same W0, so the same V.
+    """
+    x2, xd, W0, A, B_, _, C, g, u, zv, scale, dropout_mask, x_shape = cache
+    V = W0 + scale * (B_ @ A)                                 # (d_out, d_in)
+    return (x2, xd, W0, A, B_, V, C, g, u, zv, scale, dropout_mask, x_shape)
+
+
+def _dora_linear_forward(x, t, *, scale, dropout=0.0, detach_norm=True, training=False, rng=None, **quant):
+    """The "dora" kind: dora_forward on the spec's tensors; dropout on the DoRA path in training only.
+
+    On a 4-bit base (QDoRA; ``quant`` holds the weight's quantization options) W0 is dequantized
+    for this product and the cache keeps the 4-bit weight; on any base the cache drops V.
+    """
     mask = dropout_mask(rng, x.shape, dropout, x.dtype) if training and dropout > 0.0 else None
-    y, cache = dora_forward(x, t["weight"], t.get("bias"), t["lora_A"], t["lora_B"], t["lora_magnitude"],
-                            scale, mask)
-    return y, (cache, detach_norm)
+    W0 = frozen_weight(x.dtype, t, quant)                     # (d_out, d_in)
+    y, cache = dora_forward(x, W0, t.get("bias"), t["lora_A"], t["lora_B"], t["lora_magnitude"], scale, mask)
+    return y, (hold_4bit(drop_V(cache), W0, t, quant), detach_norm)
 
 
 def _dora_linear_backward(dy, outer, needs):
@@ -197,6 +227,10 @@ def _dora_linear_backward(dy, outer, needs):
     if "weight" in needs:
         raise RuntimeError("the frozen W0 of a DoRA layer was marked trainable, but DoRA computes no dW0; "
                            "freeze it again, or merge_and_unload() and train the plain model")
+    refuse_training_the_4bit_weight(needs, "dora")
+    cache = reload_4bit(cache)                                # W0 dequantized once, for dx = dy W0 (QLoRA eq. 6)
+    exact = not detach_norm                                   # eq. 6 projects the gradient away from V,
+    cache = rebuild_V(cache) if exact else cache              # so only the exact mode reads V
     dx, dA, dB, dm = dora_backward(dy, cache, detach_norm=detach_norm)
     grads = {"lora_A": dA, "lora_B": dB, "lora_magnitude": dm}
     if "bias" in needs:                                       # added after the factor: db = dy summed over rows
@@ -204,12 +238,16 @@ def _dora_linear_backward(dy, outer, needs):
     return dx, {role: g for role, g in grads.items() if role in needs}
 
 
-def _dora_merge(t, *, scale, dropout=0.0, detach_norm=True):
-    """(W', the norm ||V|| as the state unmerge needs), as PEFT caches "{adapter}-weight_norm"."""
-    return dora_merge(t["weight"], t["lora_A"], t["lora_B"], t["lora_magnitude"], scale)
+def _dora_merge(t, *, scale, dropout=0.0, detach_norm=True, **quant):
+    """(W', the norm ||V|| as the state unmerge needs), as PEFT caches "{adapter}-weight_norm".
+
+    On a 4-bit base W0 is the dequantized weight and W' a float matrix (not re-quantized).
+    """
+    W0 = frozen_weight(t["lora_A"].dtype, t, quant)
+    return dora_merge(W0, t["lora_A"], t["lora_B"], t["lora_magnitude"], scale)
 
 
-def _dora_unmerge(W, t, state, *, scale, dropout=0.0, detach_norm=True):
+def _dora_unmerge(W, t, state, *, scale, dropout=0.0, detach_norm=True, **quant):
     return dora_unmerge(W, t["lora_A"], t["lora_B"], t["lora_magnitude"], scale, state)
 
 

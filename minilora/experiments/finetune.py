@@ -23,7 +23,9 @@ from minilora.nn.model import GPT
 from minilora.experiments.pretrain import load_base
 from minilora.experiments.train import History, TrainConfig, evaluate, evaluate_text, train
 
-METHODS = ("lora", "full", "qlora")     # qlora: LoRA on the base stored in 4 bits (NF4, double quantization)
+METHODS = ("lora", "full", "qlora", "dora", "qdora")   # qlora: LoRA on the base stored in 4 bits (NF4,
+QUANTIZED = ("qlora", "qdora")                         # double quantization); dora: LoraConfig(use_dora=True);
+DORA = ("dora", "qdora")                               # qdora: DoRA on the 4-bit base
 
 
 def default_lora_config(task_kind: str = "generation") -> LoraConfig:
@@ -80,11 +82,15 @@ def _copy_of(model: GPT) -> GPT:
 
 
 def prepare(base: GPT, method: str, task_data, lora_config: LoraConfig | None = None, *, seed: int = 0):
-    """The model to train: a LoRA-wrapped copy of ``base`` (on a 4-bit copy for "qlora") or a fully trainable copy."""
+    """The model to train: a LoRA-wrapped copy of ``base`` (on a 4-bit copy for "qlora" and "qdora") or a fully
+    trainable copy. "dora" and "qdora" use ``lora_config`` (default: the library's) with use_dora=True."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if method in DORA and lora_config is not None and not lora_config.use_dora:
+        raise ValueError(f"method {method!r} trains DoRA, but the LoraConfig given has use_dora=False; pass "
+                         f"LoraConfig(..., use_dora=True) or no config")
     model = _copy_of(base)
-    if method == "qlora":                    # Dettmers et al. 2023: the frozen block linears in 4 bits
+    if method in QUANTIZED:                  # Dettmers et al. 2023: the frozen block linears in 4 bits
         quantize_base(model, "nf4", double_quant=True)
     classification = isinstance(task_data, ClassificationData)
     if classification:
@@ -93,6 +99,8 @@ def prepare(base: GPT, method: str, task_data, lora_config: LoraConfig | None = 
         model.unfreeze()
         return model
     config = lora_config or default_lora_config("classification" if classification else "generation")
+    if method in DORA:                       # Liu et al. 2024 (on the 4-bit base: QDoRA)
+        config = dataclasses.replace(config, use_dora=True)
     if classification and "head" not in config.modules_to_save:
         raise ValueError("a classification task trains a new head: add 'head' to modules_to_save")
     return LoraModel(model, config, adapter_name="default")

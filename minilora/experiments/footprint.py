@@ -8,17 +8,18 @@ what QLoRA removes on top is most of the frozen weights' own bytes: 4.127 bits i
 32 per weight (Dettmers et al. 2023, §3). This module counts each part:
 
     frozen weights      read by every product, forward and backward; 4-bit codes and scales with QLoRA
-    trainable weights   everything (full) or the adapters (A, B; DoRA's magnitudes too)
+    trainable weights   everything (full) or the adapters (A, B; DoRA's magnitudes m too)
     gradients           one per trainable weight
     optimizer state     AdamW's m and v in float32: 8 bytes per trainable weight
-    activations         what the forward keeps for the backward (the caches)
+    activations         what the forward keeps for the backward (the caches; DoRA's layers keep
+                        x V^T and the norm and factor per row on top of LoRA's x A^T)
 
 ``measure_step`` counts the real arrays of one training step; ``estimate`` gives the same parts
 from the model's shape alone (tests/test_footprint.py checks the two agree byte for byte), so it
 extrapolates to 7B and 65B models (``footprint_report.extrapolate``). A method is a way of
-building the model (``build``) plus its terms in the formula; DoRA and QDoRA add a trainable
-magnitude per output row (``weight_parts`` already counts it for methods named "dora"/"qdora") and
-their own activations, once their layer kind is in the package.
+building the model (``build``) plus its terms in the formula: DoRA (Liu et al. 2024) and QDoRA
+(DoRA on the 4-bit base) add a trainable magnitude per output row and their layers' own
+activations; the float V = W0 + s B A is not among them (the "dora" kind does not keep it).
 
 Shapes: B batch, T time, C channels, NH heads, L layers, V vocabulary, N = B T tokens, r rank.
 """
@@ -39,7 +40,7 @@ from minilora.nn.model import BLOCK_LINEARS, GPT, SHORT_NAMES, GPTConfig
 from minilora.nn.optim import AdamW
 
 PARTS = ("frozen weights", "trainable weights", "gradients", "optimizer state", "activations")
-METHODS = ("full", "lora", "qlora")
+METHODS = ("full", "lora", "qlora", "dora", "qdora")
 # Each linear layer's input, who reads it and its width in units of C. A layer whose weight trains
 # (full) or that carries an adapter keeps its input for the backward; minilora's plain frozen
 # linear keeps it too (its forward does not know the weight is frozen), its 4-bit one does not.
@@ -110,6 +111,7 @@ def activation_values(shape: Shape, method: str, *, B: int, T: int, r: int = 8, 
               linears (INPUTS: ln1 out, attention out, ln2 out, GELU out = 7 C) are held by them
       2 N + B NH T^2: the two layer norms' 1 / std, the attention weights
       + N r per LoRA matrix (u = x A^T); on a 4-bit base an input no adapted layer reads is freed
+      + N d_out + 2 d_out per DoRA matrix: z = x V^T (N, d_out) for dm, and C = ||V||, g = m / C
     Outside the blocks: ln_f keeps x_hat and its output (2 C + 1 per row), the loss N V + N.
     checkpointing: keep each block's input only (N C per block) and one block's activations,
     recomputed in the backward (what the QLoRA paper's runs do).
@@ -118,6 +120,8 @@ def activation_values(shape: Shape, method: str, *, B: int, T: int, r: int = 8, 
     block = N * (21 * C + 2) + B * shape.NH * T * T
     if method != "full":
         block += N * r * len(targets)
+    if "dora" in method:                                     # dora_forward's cache: zv, C and g
+        block += sum((N + 2) * shape.matrices()[m][0] for m in targets)
     if method.startswith("q"):
         block -= sum(N * width * C for readers, width in INPUTS.values() if not set(readers) & set(targets))
     outside = N * (2 * C + 2) + N * shape.V
@@ -136,7 +140,7 @@ def estimate(shape: Shape, method: str, *, B: int, T: int, r: int = 8, targets=(
 
 # --------------------------------------------------------------------------- measured on a real step
 def build(method: str, base: GPT, *, r: int = 8, targets=("wq", "wv"), seed: int = 0):
-    """A trainable copy of ``base`` for ``method``: fully trainable, or LoRA (on a 4-bit copy for QLoRA)."""
+    """A trainable copy of ``base`` for ``method``: fully trainable, or LoRA / DoRA (on a 4-bit copy for the q- methods)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     model = GPT(base.config, {k: v.copy() for k, v in base.params.items()})
@@ -145,7 +149,8 @@ def build(method: str, base: GPT, *, r: int = 8, targets=("wq", "wv"), seed: int
         return model
     if method.startswith("q"):
         quantize_base(model, "nf4", double_quant=True)
-    return LoraModel(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=tuple(targets), seed=seed))
+    return LoraModel(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=tuple(targets), seed=seed,
+                                       use_dora="dora" in method))
 
 
 def _root(a):

@@ -1,7 +1,7 @@
 """The memory report: each method's parts measured on a real model, checked against the formula, and
 extrapolated by the formula to 7B and 65B models (QLoRA's claim: a 65B model fine-tuned in < 48 GB).
 
-    rows = measured_report(load_base()[0], B=32, T=24)          # full, LoRA, QLoRA (+ DoRA, QDoRA)
+    rows = measured_report(load_base()[0], B=32, T=24)          # full, LoRA, QLoRA, DoRA, QDoRA
     rows = extrapolate(SHAPES["65B"], PAPER_SETTING)            # the same parts for a 65B model
     offload_cost(rows_by_method["qlora"]["frozen weights"])     # what keeping the base on the CPU would cost
 

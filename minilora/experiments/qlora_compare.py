@@ -1,10 +1,12 @@
-"""LoRA against QLoRA (and full fine-tuning) on the downstream tasks, over several seeds.
+"""LoRA against QLoRA and QDoRA (and DoRA, full fine-tuning) on the downstream tasks, over several seeds.
 
 Every method starts from the same shipped base, sees the same data and batch order for a seed, and
 is trained by the same loop with ``minilora.experiments.finetune``'s recipe (LoRA r = 4 on the four
 attention matrices, 400 steps). QLoRA is that LoRA on a copy of the base whose block linears are
 stored in 4 bits (NF4 with double quantization), so LoRA and QLoRA runs of one seed differ only in
-the base's storage, and their accuracies can be compared seed by seed (paired differences).
+the base's storage, and their accuracies can be compared seed by seed (paired differences). DoRA
+is the same recipe with ``use_dora=True`` (Liu et al. 2024, same lr), and QDoRA is DoRA on the
+4-bit base; DoRA against QDoRA isolates the base's storage again, DoRA against LoRA the method.
 
     rows = run_comparison(tasks=("shift", "rotate"), seeds=(0, 1, 2))
     summary = summarize(rows)          # per task and method: mean, sd, min, max over seeds
@@ -13,8 +15,8 @@ the base's storage, and their accuracies can be compared seed by seed (paired di
 Measured per run: exact-match accuracy and loss on held-out examples, ms per training step (on a
 machine shared with other work: the benchmark ``benchmarks/bench_qlora.py`` gives the steadier
 ratio), trainable parameters, and the bytes the base's weights take as stored (its block linears
-alone and the whole base). For QLoRA runs also the merge drift (``merge_drift``): the accuracy
-after merging into float32 weights and after merging into 4-bit weights again.
+alone and the whole base). For runs on the 4-bit base (QLoRA, QDoRA) also the merge drift
+(``merge_drift``): the accuracy after merging into float32 weights and into 4-bit weights again.
 """
 from __future__ import annotations
 
@@ -26,11 +28,11 @@ import numpy as np
 from minilora import io
 from minilora.adapters.qmerge import update_survival_by_module
 from minilora.data.datasets import make_splits
-from minilora.experiments.finetune import default_train_config, finetune
+from minilora.experiments.finetune import QUANTIZED, default_train_config, finetune
 from minilora.experiments.pretrain import load_base
 from minilora.experiments.train import evaluate
 
-METHODS = ("full", "lora", "qlora")
+METHODS = ("full", "lora", "qlora", "dora", "qdora")
 
 
 def base_bytes(model) -> dict:
@@ -57,7 +59,7 @@ def run_comparison(tasks=("shift", "rotate"), seeds=(0, 1, 2), methods=METHODS, 
                 row = {"task": task, "method": method, "seed": seed, "accuracy": res.accuracy, "loss": res.loss,
                        "ms_per_step": res.ms_per_step, "trainable_params": res.trainable_params, "n_test": n_test,
                        **base_bytes(res.model)}
-                if method == "qlora":
+                if method in QUANTIZED:
                     _, test = make_splits(task, n_train, n_test, seed=seed, block_size=base.config.block_size)
                     row.update(merge_drift(res.model, test))
                 rows.append(row)
@@ -67,7 +69,7 @@ def run_comparison(tasks=("shift", "rotate"), seeds=(0, 1, 2), methods=METHODS, 
 
 
 def merge_drift(model, test_data) -> dict:
-    """A trained QLoRA model merged two ways: into float32 weights and into 4-bit weights again.
+    """A trained QLoRA (or QDoRA) model merged two ways: into float32 weights and into 4-bit weights again.
 
     Returns the test accuracy of each merged model and, over the adapted layers, the mean share of
     the update a 4-bit merge keeps (``qmerge.update_survival``: kept_fraction, error) and the mean
