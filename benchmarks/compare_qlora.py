@@ -1,12 +1,12 @@
 """LoRA vs QLoRA vs QDoRA (and DoRA, full fine-tuning) on the downstream tasks, over seeds, on the one runner.
 
-    python benchmarks/compare_qlora.py                                   # double and ordered, seeds 0 1 2
+    python benchmarks/compare_qlora.py                                   # double and ordered, seeds 0-4
     python benchmarks/compare_qlora.py --reuse reports/family/family.json  # take the family's runs of the same recipes
     python benchmarks/compare_qlora.py --methods qdora --append          # add methods (or seeds) to the saved results
 
 Writes benchmarks/results/qlora_compare.json (a ``minilora.experiments.results.Results``), which
 notebook 08 reads, and prints the table (``qlora_compare.table``, ``drift_table``). Each run is the
-findings' budget (400 steps of 32); about a minute per run on 2 cores shared with other work. Step
+findings' budget (400 steps of 32); 10-20 s per run on 2 cores when no other job runs. Step
 times are those of the training loop on that shared machine: compare them within one file only.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ OUT = common.RESULTS_DIR / "qlora_compare.json"
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tasks", nargs="+", default=["double", "ordered"])
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     ap.add_argument("--methods", nargs="+", default=list(qlora_compare.METHODS))
     ap.add_argument("--reuse", type=Path, nargs="*", default=[],
                     help="saved Results (same budget) whose runs of the same recipe are not trained again")
