@@ -24,7 +24,8 @@ import nbformat
 REPO = Path(__file__).resolve().parent.parent
 EXECUTED, SRC = REPO / "build/notebooks", REPO / "build/site-src"
 PAGES = ("index.md", "lora_math.md", "adding_a_variant.md", "dora.md", "quantization.md", "interop.md",
-         "reliability.md", "generation.md", "gpt2.md", "teachers.md")
+         "reliability.md", "generation.md", "gpt2.md", "findings.md", "teachers.md")
+FIGURES = ("findings",)               # folders of figures that pages show
 
 
 def sources(nb) -> list[tuple[str, str]]:
@@ -70,6 +71,8 @@ def main(argv=None) -> int:
     (SRC / "tutorials").mkdir(parents=True)
     for page in PAGES:
         shutil.copy2(REPO / "docs" / page, SRC / page)
+    for folder in FIGURES:
+        shutil.copytree(REPO / "docs" / folder, SRC / folder)
     for p in notebooks:
         shutil.copy2(EXECUTED / p.name, SRC / "tutorials" / p.name)
     proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--quiet", "-f", str(REPO / "mkdocs.yml")],

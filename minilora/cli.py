@@ -119,7 +119,8 @@ def _finetune(args):
     lora = dataclasses.replace(default_lora_config(kind), **{k: v for k, v in given.items() if v is not None},
                                use_dora=args.method in ("dora", "qdora"))
     given = {"steps": args.steps, "lr": args.lr, "seed": args.seed, "save_every": args.save_every}
-    tc = dataclasses.replace(default_train_config(args.method, None if args.text else args.task), **{k: v for k, v in given.items() if v is not None})
+    defaults = default_train_config(args.method, None if args.text else args.task)   # the swept rate of the task
+    tc = dataclasses.replace(defaults, **{k: v for k, v in given.items() if v is not None})
     res = finetune(args.task, args.method, base=base, lora_config=lora, train_config=tc, seed=args.seed,
                    text_file=args.text, n_train=args.n_train, n_test=args.n_test, **checkpoints)
     print(f"{res.method} on {res.task}: accuracy {100 * res.accuracy:.2f}%, loss {res.loss:.4f}, "
@@ -173,6 +174,7 @@ def _add_demo(sub):
     p = sub.add_parser("demo", help="the end-to-end LoRA demo: tune, compare, merge, switch, report")
     p.add_argument("--out", default="reports/demo", help="report folder (markdown + PNG)")
     p.add_argument("--steps", type=int, default=None, help="steps per fine-tuning run (default: per task)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per cell (default 3; at least 2, for a spread)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_demo)
 
@@ -180,7 +182,9 @@ def _add_demo(sub):
 def _demo(args):
     from minilora.experiments.demo import run_demo
 
-    run_demo(args.out, steps=args.steps, progress=not args.quiet)
+    if args.seeds < 2:
+        raise ValueError(f"--seeds {args.seeds}: the demo's table shows a spread over seeds, so it needs at least 2")
+    run_demo(args.out, steps=args.steps, progress=not args.quiet, seeds=tuple(range(args.seeds)))
 
 
 def _add_findings(sub):

@@ -20,3 +20,12 @@ def test_demo_compares_merges_switches_and_writes_its_report(tmp_path):
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "| rotate | lora r=8 |" in report and "+-" in report, report[:500]
     assert (tmp_path / "demo" / "comparison.png").exists() and (tmp_path / "demo" / "results.json").exists()
+
+
+def test_the_demo_command_refuses_a_single_seed(capsys):
+    """`minilora demo --seeds 1` is an error naming the fix: its table shows a spread over seeds."""
+    from minilora.cli import main
+
+    assert main(["demo", "--seeds", "1", "--out", "unused"]) == 2
+    err = capsys.readouterr().err
+    assert "at least 2" in err, err

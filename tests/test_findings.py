@@ -4,16 +4,19 @@ The recorded findings (minilora/experiments/recorded/findings.json, from one ful
 the standard they exist for: every compared method learned, full fine-tuning reaches 95% on every
 downstream task, and no verdict of the claims rests on runs that stayed at chance.
 """
+from pathlib import Path
+
 import pytest
 
 from minilora.data.tasks import DOWNSTREAM_TASKS
 from minilora.experiments import lr_sweep
 from minilora.experiments.findings import RECORDED, FindingsConfig, load_findings, run_findings
-from minilora.experiments.findings_verdicts import NOT_JUDGED, results, verdicts
+from minilora.experiments.findings_verdicts import NOT_JUDGED, claims_only, results, verdict_table, verdicts
 from minilora.experiments.results import Results, RunResult
 from minilora.experiments.stats import HELD, NOISE, NOT_HELD
 
 VERDICTS = {HELD, NOT_HELD, NOISE, NOT_JUDGED}
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
@@ -86,6 +89,19 @@ def test_recorded_memory_counts_equal_the_formula_and_the_knee_is_at_k(data):
     assert mem["measured"] == mem["formula"], (mem["measured"], mem["formula"])
     knee = [r for r in verdicts(data) if r["section"] == "known rank"][0]
     assert knee["verdict"] == HELD, knee
+
+
+@recorded
+def test_docs_and_readme_show_the_verdicts_of_the_recorded_run(data):
+    """docs/findings.md holds the recorded run's verdict table row for row, and README its claims' rows, so
+    neither can state a verdict the record does not."""
+    rows = verdicts(data)
+    docs = (ROOT / "docs" / "findings.md").read_text(encoding="utf-8")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    fix = "paste the table that findings_verdicts.verdict_table(verdicts(load_findings())) prints"
+    assert verdict_table(rows) in docs, f"docs/findings.md: the verdict table is not the recorded run's; {fix}"
+    assert verdict_table(claims_only(rows), rules=False) in readme, \
+        f"README.md: the findings table is not the recorded run's; {fix} (claims_only, rules=False)"
 
 
 def test_the_command_refuses_a_single_seed(capsys):

@@ -120,9 +120,16 @@ def verdicts(data: dict) -> list[dict]:
     return claim_rows(data) + [known_rank_row(data)] + section7_rows(data)
 
 
-def verdict_table(rows: list[dict]) -> str:
-    """Markdown: section, claim, measured (mean +- sd over seeds), verdict, the rule and threshold."""
-    lines = ["| | claim | measured | verdict | rule and threshold |", "|---|---|---|---|---|"]
+def verdict_table(rows: list[dict], *, rules: bool = True) -> str:
+    """Markdown: section, claim, measured (mean +- sd over seeds), verdict, and (``rules``) the rule and threshold."""
+    head = ["", "claim", "measured", "verdict"] + (["rule and threshold"] if rules else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append(f"| {r['section']} | {r['claim']} | {r['measured']} | **{r['verdict']}** | {r['rule']} |")
+        cells = [r["section"], r["claim"], r["measured"], f"**{r['verdict']}**"] + ([r["rule"]] if rules else [])
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def claims_only(rows: list[dict]) -> list[dict]:
+    """The rows of the six claims learners bring and of the known-rank experiment (not the §7 findings)."""
+    return [r for r in rows if r["section"][0].isdigit() or r["section"] == "known rank"]
