@@ -1,12 +1,13 @@
-"""LoRA vs QLoRA vs full fine-tuning on the downstream tasks, over seeds: accuracy, base bytes, step time.
+"""LoRA vs QLoRA vs QDoRA (and DoRA, full fine-tuning) on the downstream tasks, over seeds, on the one runner.
 
-    python benchmarks/compare_qlora.py                                  # shift and rotate, seeds 0 1 2
-    python benchmarks/compare_qlora.py --methods qdora --append         # add methods (or seeds) to the saved rows
+    python benchmarks/compare_qlora.py                                   # double and ordered, seeds 0-4
+    python benchmarks/compare_qlora.py --reuse reports/family/family.json  # take the family's runs of the same recipes
+    python benchmarks/compare_qlora.py --methods qdora --append          # add methods (or seeds) to the saved results
 
-Writes benchmarks/results/qlora_compare.json (rows, summary, settings), which notebook 08 reads.
-Each run is ``minilora.experiments.finetune``'s recipe (400 steps); about 2.5 minutes per run on 2
-cores shared with other work. Step times are those of the training loop (worker threads, fast
-kernels) on that shared machine: compare them within one file only.
+Writes benchmarks/results/qlora_compare.json (a ``minilora.experiments.results.Results``), which
+notebook 08 reads, and prints the table (``qlora_compare.table``, ``drift_table``). Each run is the
+findings' budget (400 steps of 32); 10-20 s per run on 2 cores when no other job runs. Step
+times are those of the training loop on that shared machine: compare them within one file only.
 """
 from __future__ import annotations
 
@@ -18,32 +19,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 from minilora.experiments import qlora_compare  # noqa: E402
+from minilora.experiments.pretrain import load_base  # noqa: E402
+from minilora.experiments.results import Results  # noqa: E402
+from minilora.experiments.runner import Runner  # noqa: E402
 
 OUT = common.RESULTS_DIR / "qlora_compare.json"
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tasks", nargs="+", default=["shift", "rotate"])
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--tasks", nargs="+", default=["double", "ordered"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     ap.add_argument("--methods", nargs="+", default=list(qlora_compare.METHODS))
-    ap.add_argument("--steps", type=int, default=None, help="optimizer steps (default: finetune's recipe)")
-    ap.add_argument("--append", action="store_true", help="keep the saved rows of other (task, method, seed) runs")
+    ap.add_argument("--reuse", type=Path, nargs="*", default=[],
+                    help="saved Results (same budget) whose runs of the same recipe are not trained again")
+    ap.add_argument("--append", action="store_true", help="keep the saved runs of other (task, method, seed)")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
-    rows = qlora_compare.run_comparison(args.tasks, args.seeds, args.methods, steps=args.steps)
-    settings = {"tasks": args.tasks, "seeds": args.seeds, "steps": args.steps or "finetune recipe",
-                "environment": common.environment()}
-    if args.append and args.out.exists():
-        saved = qlora_compare.load(args.out)
-        done = {(r["task"], r["method"], r["seed"]) for r in rows}
-        rows = [r for r in saved["rows"] if (r["task"], r["method"], r["seed"]) not in done] + rows
-        settings["seeds"] = sorted({r["seed"] for r in rows})
-        settings["tasks"] = list(dict.fromkeys(r["task"] for r in rows))
-    qlora_compare.save(args.out, rows, settings)
-    for row in qlora_compare.summarize(rows):
-        print(f"{row['task']:>8} {row['method']:>6}: {100 * row['mean']:.1f} +- {100 * row['sd']:.1f} % "
-              f"({row['seeds']} seeds) {row.get('verdict', '')}")
+    base = load_base()[0]
+    runner = Runner(base, qlora_compare.BUDGET)
+    for path in args.reuse:
+        print(f"reusing {runner.remember(Results.load(path))} runs of {path}")
+    results = qlora_compare.run_comparison(args.tasks, args.seeds, args.methods, runner=runner)
+    if args.append and args.out.exists():                   # a run made now wins over the saved one
+        saved, made = Results.load(args.out), {(r.task, r.method, r.seed) for r in results.runs}
+        kept = [r for r in saved.runs if (r.task, r.method, r.seed) not in made]
+        results = Results(kept + results.runs, {**saved.methods, **results.methods}, results.budget)
+    results.save(args.out)
+    nbytes = qlora_compare.storage(base, qlora_compare.qlora_methods(results.method_names))
+    print(qlora_compare.table(results, nbytes) + "\n\n" + qlora_compare.drift_table(results))
     print(f"saved {args.out}")
     return 0
 

@@ -220,8 +220,8 @@ def _findings(args):
 def _add_family(sub):
     p = sub.add_parser("family", help="LoRA, DoRA, rsLoRA, LoRA+, PiSSA and full fine-tuning on one budget")
     p.add_argument("--out", default="reports/family", help="folder for family.json/.md/.png (resumes its runs)")
-    p.add_argument("--tasks", nargs="+", default=["shift"], help="downstream tasks (shift rotate palindrome)")
-    p.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 8])
+    p.add_argument("--tasks", nargs="+", default=["double"], help="downstream tasks (rotate double ordered)")
+    p.add_argument("--ranks", type=int, nargs="+", default=[1, 8])
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per cell (>= 3 for a spread)")
     p.add_argument("--methods", nargs="+", default=None,
                    help="default: lora dora rslora loraplus pissa full; dora_exact adds DoRA without the §4.3 detach")
@@ -235,9 +235,12 @@ def _add_family(sub):
 
 
 def _family(args):
+    import dataclasses
+
     from minilora.experiments import family
 
-    budget = family.quick_budget() if args.quick else ({"steps": args.steps} if args.steps else None)
+    budget = family.quick_budget() if args.quick else (
+        dataclasses.replace(family.BUDGET, steps=args.steps, warmup_steps=args.steps // 10) if args.steps else None)
     names = tuple(args.methods) if args.methods else family.DEFAULT
     family.run_family_report(args.out, tasks=args.tasks, seeds=range(args.seeds), ranks=args.ranks, names=names,
                              budget=budget, decomposition=args.decomposition, combination=args.combination)

@@ -3,13 +3,17 @@
 The runs use the sweep specs' random tiny GPT (tests/helpers.py) and a few steps: they test the
 plumbing (caching, seeds, the preparer registry, JSON), not what the methods learn.
 """
+import dataclasses
+
 import numpy as np
 import pytest
+
+from minilora.adapters.config import LoraConfig
 
 from minilora.experiments import runner as runner_mod
 from minilora.experiments.results import Results, plot_bars, plot_lines
 from minilora.experiments.runner import (Budget, Method, Runner, full_method, lora_method, prepare_model,
-                                         register_preparer, run_methods)
+                                         register_measure, register_preparer, run_methods)
 
 BUDGET = Budget(steps=3, batch_size=8, warmup_steps=1, n_train=32, n_test=16)
 
@@ -115,3 +119,60 @@ def test_error_bar_plots_are_written(runner, tmp_path):
     assert plot_bars(res, tmp_path / "bars.png").exists()
     assert plot_lines([1, 2], {"full": [res.summary("rotate", "full")] * 2}, tmp_path / "lines.png",
                       xlabel="x", ylabel="y").exists()
+
+
+# --------------------------------------------------------------------------- per-method training changes and measures
+def test_a_methods_train_changes_reach_the_training_loop(runner, monkeypatch):
+    """LoRA+ is LoRA with train=(("loraplus_lr_ratio", 16.0),): the loop gets the ratio; plain LoRA gets none."""
+    seen = {}
+    real_train = runner_mod.train
+
+    def spy(model, train_data, test_data, cfg, **kw):
+        seen[kw.get("desc")] = cfg.loraplus_lr_ratio
+        return real_train(model, train_data, test_data, cfg, **kw)
+
+    monkeypatch.setattr(runner_mod, "train", spy)
+    plus = dataclasses.replace(lora_method(2, lr=1e-3, name="lora+"), train=(("loraplus_lr_ratio", 16.0),))
+    run_methods([lora_method(2, lr=1e-3), plus], ["rotate"], [0], runner=runner)
+    assert seen == {"lora r=2": None, "lora+": 16.0}, seen
+    assert plus.key() != lora_method(2, lr=1e-3).key(), "a TrainConfig change must be part of the recipe"
+    assert "train" not in lora_method(2, lr=1e-3).to_dict(), "methods without changes keep their old record"
+    with pytest.raises(ValueError, match="valid fields"):
+        dataclasses.replace(plus, train=(("lora_ratio", 2.0),)).train_config(runner_mod.TrainConfig())
+
+
+def test_the_qlora_preparer_trains_lora_on_a_4bit_copy_of_the_base(runner):
+    """kind "qlora": LoRA whose frozen block linears are stored in 4 bits; the runner's base stays float32."""
+    train, _ = runner.data("rotate", 0)
+    model = prepare_model(runner.base, train, Method("qlora", "qlora", 1e-3, LoraConfig(r=2)), 0)
+    wq = "blocks.0.attn.wq.weight"
+    assert model.model.weight_parts.get(wq) and wq not in model.model.params, sorted(model.model.weight_parts)[:3]
+    assert not runner.base.weight_parts and runner.base.params[wq].dtype == np.float32, "the base was quantized"
+    assert {n for n in model.trainable if ".lora_" not in n} == set(), sorted(model.trainable)[:5]
+
+
+def test_a_method_measure_runs_after_that_methods_runs_only(runner, monkeypatch):
+    """Method.measures names registered fn(model, test_data); other methods' runs do not take it."""
+    monkeypatch.setattr(runner_mod, "MEASURES", dict(runner_mod.MEASURES))
+    register_measure("n_test")(lambda model, test_data: len(test_data))
+    measured = dataclasses.replace(full_method(lr=1e-3, name="measured"), measures=("n_test",))
+    res = run_methods([full_method(lr=1e-3), measured], ["rotate"], [0], runner=runner)
+    assert res.select("rotate", "measured")[0].extra == {"n_test": BUDGET.n_test}, res.select("rotate", "measured")
+    assert res.select("rotate", "full")[0].extra == {}, "a method measure must not run for other methods"
+    with pytest.raises(ValueError, match="no measure registered"):
+        runner.run(dataclasses.replace(measured, measures=("drift",)), "rotate", 0)
+
+
+def test_a_saved_comparison_is_remembered_by_recipe_not_by_name(tiny_base, tmp_path):
+    """Runs saved under "lora r=2" serve a method of the same recipe named "lora" without training;
+    another recipe trains, and a saved budget other than the runner's is refused."""
+    first = Runner(tiny_base, BUDGET, log=None)
+    saved = Results.load(run_methods([lora_method(2, lr=1e-2)], ["rotate"], [0, 1], runner=first).save(tmp_path / "s.json"))
+    second = Runner(tiny_base, BUDGET, log=None)
+    assert second.remember(saved) == 2, "both saved runs should be taken"
+    res = run_methods([lora_method(2, lr=1e-2, name="lora"), lora_method(2, lr=2e-2, name="faster")], ["rotate"],
+                      [0, 1], runner=second)
+    assert [r.accuracy for r in res.select("rotate", "lora")] == [r.accuracy for r in saved.runs]
+    assert len(second.runs) == 4 and res.select("rotate", "lora")[0].method == "lora", len(second.runs)
+    with pytest.raises(ValueError, match="another budget"):
+        Runner(tiny_base, Budget(steps=4), log=None).remember(saved)

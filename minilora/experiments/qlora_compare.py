@@ -1,40 +1,73 @@
-"""LoRA against QLoRA and QDoRA (and DoRA, full fine-tuning) on the downstream tasks, over several seeds.
+"""LoRA against QLoRA and QDoRA (and DoRA, full fine-tuning) on the one runner, over seeds.
 
-Every method starts from the same shipped base, sees the same data and batch order for a seed, and
-is trained by the same loop with ``minilora.experiments.finetune``'s recipe (LoRA r = 4 on the four
-attention matrices, 400 steps). QLoRA is that LoRA on a copy of the base whose block linears are
-stored in 4 bits (NF4 with double quantization), so LoRA and QLoRA runs of one seed differ only in
-the base's storage, and their accuracies can be compared seed by seed (paired differences). DoRA
-is the same recipe with ``use_dora=True`` (Liu et al. 2024, same lr), and QDoRA is DoRA on the
-4-bit base; DoRA against QDoRA isolates the base's storage again, DoRA against LoRA the method.
+Each method is a ``Method`` (``minilora.experiments.runner``) trained by ``run_methods`` on the
+findings' budget and read as a ``Results``:
 
-    rows = run_comparison(tasks=("shift", "rotate"), seeds=(0, 1, 2))
-    summary = summarize(rows)          # per task and method: mean, sd, min, max over seeds
-    save(path, rows, settings) / load(path)
+    full    every weight trains (the findings' swept rate per task)
+    lora    LoRA r = 8 on Wq, Wv, lora_alpha 16: the findings' recipe and swept rate per task
+    qlora   that LoRA on a copy of the base whose block linears are stored in NF4 with double
+            quantization (Dettmers et al. 2023; the "qlora" preparer), at LoRA's rate
+    dora    that LoRA with use_dora=True (Liu et al. 2024), at LoRA's rate
+    qdora   that DoRA on the 4-bit base, at LoRA's rate
 
-Measured per run: exact-match accuracy and loss on held-out examples, ms per training step (on a
-machine shared with other work: the benchmark ``benchmarks/bench_qlora.py`` gives the steadier
-ratio), trainable parameters, and the bytes the base's weights take as stored (its block linears
-alone and the whole base). For runs on the 4-bit base (QLoRA, QDoRA) also the merge drift
-(``merge_drift``): the accuracy after merging into float32 weights and into 4-bit weights again.
+so LoRA and QLoRA (DoRA and QDoRA) runs of one seed see the same data, initial adapter and batches
+and differ only in how the frozen base is stored. QLoRA's paper trains at the 16-bit recipe's
+rates; minilora does the same rather than sweeping the 4-bit methods again.
+
+    results = run_comparison(("double", "ordered"), (0, 1, 2))
+    rows = summary_rows(results, storage(base))      # accuracy, frozen bytes, step time, verdict
+
+Measured per run: accuracy and loss on the held-out examples, ms per training step (on a shared
+machine: ``benchmarks/bench_qlora.py`` gives the steadier ratio), trainable parameters; for runs on
+the 4-bit base also the merge drift (measure "merge_drift": the accuracy after merging into float32
+weights and into 4-bit weights again). The bytes the frozen base takes as stored depend on the
+method only, not on the run: ``storage`` counts them once per method.
+
+Verdicts (``minilora.experiments.stats``, the findings' rules): "QLoRA is about as good as LoRA"
+(and QDoRA as DoRA) within a 2-point margin, with a 1-point floor; "not judged" if a run stayed at
+chance.
 """
 from __future__ import annotations
 
-import math
-from pathlib import Path
+import dataclasses
 
 import numpy as np
 
-from minilora import io
-from minilora.adapters.qmerge import update_survival_by_module
 from minilora.data.datasets import make_splits
-from minilora.experiments.finetune import QUANTIZED, default_train_config, finetune
-from minilora.experiments.pretrain import load_base
+from minilora.adapters.qmerge import update_survival_by_module
+from minilora.experiments import stats
+from minilora.experiments.family import BUDGET, LORA_ALPHA, TARGETS, not_learned, swept_lr
+from minilora.experiments.findings_rules import ACC_FLOOR, MARGIN
+from minilora.experiments.results import Results
+from minilora.experiments.runner import (Method, Runner, full_method, lora_method, prepare_model,
+                                         register_measure, run_methods)
 from minilora.experiments.train import evaluate
 
 METHODS = ("full", "lora", "qlora", "dora", "qdora")
+QUANTIZED = ("qlora", "qdora")
+PAIRS = (("qlora", "lora"), ("qdora", "dora"))       # (4-bit method, the same method on the float base)
+R = 8
 
 
+def qlora_methods(names=METHODS, tasks=()) -> list[Method]:
+    """The methods by name (see the module docstring); tasks the sweep did not cover get the smallest swept rate."""
+    unknown = sorted(set(names) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    out = []
+    for name in names:
+        if name == "full":
+            out.append(full_method(lr=swept_lr("full", tasks)))
+            continue
+        m = lora_method(R, lr=swept_lr("lora", tasks), targets=TARGETS, lora_alpha=LORA_ALPHA, name=name,
+                        use_dora=name in ("dora", "qdora"))
+        if name in QUANTIZED:                       # Dettmers et al. 2023: the frozen block linears in 4 bits
+            m = dataclasses.replace(m, kind="qlora", measures=("merge_drift",))
+        out.append(m)
+    return out
+
+
+# --------------------------------------------------------------------------- measures
 def base_bytes(model) -> dict:
     """Bytes of the base's weights as stored: the block linears (float32 or 4-bit parts) and every base tensor."""
     gpt = getattr(model, "model", model)                      # an adapter host's GPT, or the GPT itself
@@ -43,31 +76,13 @@ def base_bytes(model) -> dict:
             "base_bytes": sum(int(gpt.params[p].nbytes) for p in gpt.base_param_names())}
 
 
-def run_comparison(tasks=("shift", "rotate"), seeds=(0, 1, 2), methods=METHODS, *, base=None, steps: int | None = None,
-                   n_train: int = 4000, n_test: int = 500, log=print) -> list[dict]:
-    """One row per (task, method, seed): accuracy, loss, ms per step, trainable parameters, base bytes."""
-    base = base if base is not None else load_base()[0]
-    rows = []
-    for task in tasks:
-        for seed in seeds:
-            for method in methods:
-                cfg = default_train_config(method)
-                if steps is not None:
-                    cfg.steps, cfg.eval_every = steps, steps
-                cfg.seed, cfg.progress = seed, False
-                res = finetune(task, method, base=base, train_config=cfg, n_train=n_train, n_test=n_test, seed=seed)
-                row = {"task": task, "method": method, "seed": seed, "accuracy": res.accuracy, "loss": res.loss,
-                       "ms_per_step": res.ms_per_step, "trainable_params": res.trainable_params, "n_test": n_test,
-                       **base_bytes(res.model)}
-                if method in QUANTIZED:
-                    _, test = make_splits(task, n_train, n_test, seed=seed, block_size=base.config.block_size)
-                    row.update(merge_drift(res.model, test))
-                rows.append(row)
-                log(f"{task} {method} seed {seed}: accuracy {100 * res.accuracy:.1f}%, "
-                    f"{res.ms_per_step:.0f} ms/step")
-    return rows
+def storage(base, methods=None, task: str = "rotate") -> dict:
+    """{method name: base_bytes} of each method's model as prepared for ``task`` (it does not depend on the run)."""
+    data, _ = make_splits(task, 8, 8, seed=0, block_size=base.config.block_size)
+    return {m.name: base_bytes(prepare_model(base, data, m, 0)) for m in (methods or qlora_methods())}
 
 
+@register_measure("merge_drift")
 def merge_drift(model, test_data) -> dict:
     """A trained QLoRA (or QDoRA) model merged two ways: into float32 weights and into 4-bit weights again.
 
@@ -75,49 +90,82 @@ def merge_drift(model, test_data) -> dict:
     the update a 4-bit merge keeps (``qmerge.update_survival``: kept_fraction, error) and the mean
     size of the update relative to W0.
     """
-    stats = list(update_survival_by_module(model).values())
-    mean = lambda key: float(np.mean([s[key] for s in stats]))  # noqa: E731
+    survival = list(update_survival_by_module(model).values())
+    mean = lambda key: float(np.mean([s[key] for s in survival]))  # noqa: E731
     return {"merged_float_accuracy": evaluate(model.merge_and_unload(), test_data)["accuracy"],
             "merged_4bit_accuracy": evaluate(model.merge_and_unload(requantize=True), test_data)["accuracy"],
             "update_kept_fraction": mean("kept_fraction"), "update_error": mean("error"),
             "update_codes_kept": mean("codes_kept"), "update_relative_size": mean("relative_size")}
 
 
-def summarize(rows: list[dict], reference: str = "lora") -> list[dict]:
-    """Per (task, method): mean, sd (over seeds, ddof 1), min and max of accuracy; mean ms per step and base bytes;
-    and the paired difference to ``reference`` seed by seed (mean, sd) with a verdict.
-
-    Verdict: "within noise" when |mean difference| <= 2 x its standard error (sd / sqrt(seeds)) or
-    the difference is below one binomial standard error of the test accuracy, else "higher"/"lower".
-    """
-    out = []
-    for task in dict.fromkeys(r["task"] for r in rows):
-        ref = {r["seed"]: r["accuracy"] for r in rows if r["task"] == task and r["method"] == reference}
-        for method in dict.fromkeys(r["method"] for r in rows if r["task"] == task):
-            runs = [r for r in rows if r["task"] == task and r["method"] == method]
-            acc = np.array([r["accuracy"] for r in runs])
-            row = {"task": task, "method": method, "seeds": len(runs), "mean": float(acc.mean()),
-                   "sd": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0, "min": float(acc.min()),
-                   "max": float(acc.max()), "ms_per_step": float(np.mean([r["ms_per_step"] for r in runs])),
-                   "block_weight_bytes": runs[0]["block_weight_bytes"], "base_bytes": runs[0]["base_bytes"]}
-            paired = [r["accuracy"] - ref[r["seed"]] for r in runs if r["seed"] in ref]
-            if method != reference and len(paired) > 1:
-                d = np.array(paired)
-                se = float(d.std(ddof=1)) / math.sqrt(len(d))
-                binomial = math.sqrt(max(row["mean"] * (1 - row["mean"]), 1e-12) / runs[0]["n_test"])
-                noise = abs(d.mean()) <= max(2 * se, binomial)
-                row.update(diff_vs_reference=float(d.mean()), diff_sd=float(d.std(ddof=1)),
-                           verdict="within noise" if noise else ("higher" if d.mean() > 0 else "lower"))
-            out.append(row)
-    return out
+# --------------------------------------------------------------------------- running and reading
+def run_comparison(tasks=("double", "ordered"), seeds=(0, 1, 2), names=METHODS, *, base=None, budget=None,
+                   runner: Runner | None = None, saved: Results | None = None, log=print) -> Results:
+    """Every method on every task with every seed through ``run_methods``; runs ``saved`` (an earlier
+    Results under the same budget, e.g. the family's) holds of the same recipe are not trained again."""
+    runner = runner or Runner(base, budget or BUDGET, log=log)
+    if saved is not None:
+        runner.remember(saved)
+    return run_methods(qlora_methods(names, tasks), tasks, seeds, runner=runner)
 
 
-def save(path, rows: list[dict], settings: dict) -> Path:
-    """Write the rows, their summary and the settings that made them as JSON (atomically)."""
-    io.write_json(path, {"settings": settings, "rows": rows, "summary": summarize(rows)})
-    return Path(path)
+def judge(results: Results, task: str, name: str, ref: str):
+    """stats.about_as_good: "``name`` is about as good as ``ref`` on ``task``" (2-point margin, 1-point
+    floor), or "not judged: why" when a run stayed at chance."""
+    a, b = results.summary(task, name), results.summary(task, ref)
+    why = not_learned({name: a, ref: b}, task)
+    if why:
+        return why
+    return stats.about_as_good(a, b, margin=MARGIN, claim=f"{name} is about as good as {ref} on {task}",
+                               floor=ACC_FLOOR, scale=100, unit=" pts")
 
 
-def load(path) -> dict:
-    """Read a file written by ``save``: {"settings", "rows", "summary"}."""
-    return io.read_json(path)
+def summary_rows(results: Results, bytes_by_method: dict | None = None) -> list[dict]:
+    """One row per (task, method): accuracy (Summary), trainable, ms/step (Summary), step time / LoRA's
+    at the same seed (Summary), frozen bytes (``storage``, if given) and, for a 4-bit method, the
+    verdict against the same method on the float base."""
+    rows = []
+    for task in results.tasks:
+        lora_ms = {r.seed: r.ms_per_step for r in results.select(task, "lora")}
+        for name in results.method_names:
+            runs = results.select(task, name)
+            if not runs:
+                continue
+            ratios = [r.ms_per_step / lora_ms[r.seed] for r in runs if r.seed in lora_ms]
+            ref = dict(PAIRS).get(name)
+            rows.append({"task": task, "method": name, "accuracy": results.summary(task, name),
+                         "trainable": runs[0].trainable, "ms_per_step": results.summary(task, name, "ms_per_step"),
+                         "ms_vs_lora": stats.summarize(ratios) if ratios else None,
+                         **(bytes_by_method or {}).get(name, {}),
+                         "vs": ref if ref and results.select(task, ref) else None,
+                         "verdict": judge(results, task, name, ref) if ref and results.select(task, ref) else None})
+    return rows
+
+
+def table(results: Results, bytes_by_method: dict | None = None) -> str:
+    """Markdown of ``summary_rows``."""
+    lines = ["| task | method | accuracy (mean +- sd) | n | trainable | block weight bytes | ms/step vs LoRA | "
+             "about as good as the float-base method? |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    for row in summary_rows(results, bytes_by_method):
+        v, ms = row["verdict"], row["ms_vs_lora"]
+        verdict = "" if v is None else v if isinstance(v, str) else f"{v.verdict} vs {row['vs']} ({v.rule})"
+        nbytes = f"{row['block_weight_bytes']:,}" if "block_weight_bytes" in row else "-"
+        lines.append(f"| {row['task']} | {row['method']} | {row['accuracy'].fmt(100, 1, '%')} | {row['accuracy'].n} | "
+                     f"{row['trainable']:,} | {nbytes} | "
+                     f"{ms.fmt(1, 2) if ms else '-'} | {verdict} |")
+    return "\n".join(lines)
+
+
+def drift_table(results: Results) -> str:
+    """Markdown: for each 4-bit method and task, accuracy trained, merged into float32 and into 4 bits
+    again (mean +- sd over seeds), and the mean share of the update a 4-bit merge keeps."""
+    cols = (("accuracy", "trained"), ("extra.merge_drift.merged_float_accuracy", "merged into float32"),
+            ("extra.merge_drift.merged_4bit_accuracy", "merged into 4 bits"))
+    lines = ["| task | method | " + " | ".join(c for _, c in cols) + " | update kept by a 4-bit merge |",
+             "|---|---|" + "---:|" * (len(cols) + 1)]
+    for task in results.tasks:
+        for name in (n for n in results.method_names if n in QUANTIZED and results.select(task, n)):
+            cells = [results.summary(task, name, metric).fmt(100, 1, "%") for metric, _ in cols]
+            kept = results.summary(task, name, "extra.merge_drift.update_kept_fraction").fmt(1, 3)
+            lines.append(f"| {task} | {name} | " + " | ".join(cells) + f" | {kept} |")
+    return "\n".join(lines)

@@ -2,7 +2,8 @@
 
     Budget       what every run gets unless its method says otherwise: steps, batch size, data sizes
     Method       what to train: a registered preparer ("full", "lora", ...) with its own settings
-                 (a LoraConfig for "lora"), its learning rate and any change to the budget
+                 (a LoraConfig for "lora" and "qlora"), its learning rate, any change to the budget or
+                 to the training loop (LoRA+'s ratio) and measures of its own (merge drift on a 4-bit base)
     Runner       trains (method, task, seed) once, caches the result and measures every method the
                  same way: accuracy, loss, learning curve, time per step, trainable parameters, and
                  any extra ``measures`` (forgetting, say)
@@ -58,12 +59,18 @@ class Method:
     lists one per GLUE task); ``lr_for(task)`` reads it.
     budget: changes to the runner's Budget for this method only, as (field, value) pairs
     (``Method.with_budget`` builds them): a method may need more steps, or see fewer examples.
+    train: changes to the TrainConfig for this method only, as (field, value) pairs: LoRA+ is LoRA
+    with (("loraplus_lr_ratio", 16.0),).
+    measures: names of method measures (``register_measure``) taken after each run of this method,
+    stored in ``RunResult.extra[name]``: the merge drift of a model on a 4-bit base, say.
     """
     name: str
     kind: str
     lr: float | dict
     config: object = None
     budget: tuple = ()
+    train: tuple = ()
+    measures: tuple = ()
 
     def lr_for(self, task: str) -> float:
         """The learning rate for ``task``: the one rate, or this task's entry of the {task: lr} map."""
@@ -82,6 +89,14 @@ class Method:
             raise ValueError(f"method {self.name!r}: bad budget change {dict(self.budget)} ({e}); "
                              f"valid fields are {[f.name for f in dataclasses.fields(Budget)]}") from None
 
+    def train_config(self, cfg: TrainConfig) -> TrainConfig:
+        """``cfg`` with this method's TrainConfig changes applied."""
+        try:
+            return dataclasses.replace(cfg, **dict(self.train))
+        except TypeError as e:
+            raise ValueError(f"method {self.name!r}: bad TrainConfig change {dict(self.train)} ({e}); "
+                             f"valid fields are {[f.name for f in dataclasses.fields(TrainConfig)]}") from None
+
     def with_budget(self, name: str | None = None, **changes) -> "Method":
         """A copy with budget changes (and optionally a new name): ``m.with_budget(n_train=250)``."""
         merged = {**dict(self.budget), **changes}
@@ -90,18 +105,30 @@ class Method:
     def to_dict(self) -> dict:
         config = self.config.to_dict() if hasattr(self.config, "to_dict") else self.config
         lr = dict(self.lr) if isinstance(self.lr, dict) else self.lr
-        return {"name": self.name, "kind": self.kind, "lr": lr, "config": config,
-                "budget": dict(self.budget)}
+        d = {"name": self.name, "kind": self.kind, "lr": lr, "config": config, "budget": dict(self.budget)}
+        if self.train:                       # only when set, so the records of other methods stay as they were
+            d["train"] = dict(self.train)
+        if self.measures:
+            d["measures"] = list(self.measures)
+        return d
 
     def key(self, task: str | None = None) -> str:
         """What identifies a run's recipe: kind, lr (for ``task``, if given), config and budget. The name
         is only a label, and eval_every only adds evaluations, so neither is part of it."""
-        d = self.to_dict()
-        d.pop("name")
-        d["budget"].pop("eval_every", None)
         if task is not None:
-            d["lr"] = self.lr_for(task)
-        return json.dumps(d, sort_keys=True, default=str)
+            self.lr_for(task)                # a task without a learning rate is an error, not a key
+        return recipe_key(self.to_dict(), task)
+
+
+def recipe_key(method: dict, task: str | None = None) -> str:
+    """``Method.key`` of a method's record (``Method.to_dict()``, or as a saved Results holds it)."""
+    d = {k: v for k, v in method.items() if k != "name"}
+    d["budget"] = {k: v for k, v in d["budget"].items() if k != "eval_every"}
+    if task is not None and isinstance(d["lr"], dict):
+        d["lr"] = d["lr"][task]
+    if task is not None:
+        d["lr"] = float(d["lr"])
+    return json.dumps(d, sort_keys=True, default=str)
 
 
 def lora_method(r: int, *, lr: float | dict, targets=("wq", "wv"), lora_alpha: float | None = None,
@@ -156,6 +183,41 @@ def prepare_lora(base, train_data, config, seed):
     return finetune.prepare(base, "lora", train_data, dataclasses.replace(config, **changes), seed=seed)
 
 
+@register_preparer("qlora")
+def prepare_qlora(base, train_data, config, seed):
+    """QLoRA (Dettmers et al. 2023): ``prepare_lora`` on a copy of the base whose block linears are
+    stored in NF4 with double quantization (``finetune.prepare``'s "qlora"); with
+    ``config.use_dora`` it is QDoRA, DoRA on the 4-bit base."""
+    config = config or LoraConfig()
+    changes = {"seed": seed}
+    if isinstance(train_data, ClassificationData) and "head" not in config.modules_to_save:
+        changes["modules_to_save"] = tuple(config.modules_to_save) + ("head",)
+    return finetune.prepare(base, "qlora", train_data, dataclasses.replace(config, **changes), seed=seed)
+
+
+# --------------------------------------------------------------------------- method measures
+MEASURES: dict[str, Callable] = {}
+
+
+def register_measure(name: str):
+    """Decorator: ``fn(model, test_data) -> JSON-able value`` becomes a measure a Method can name in
+    ``Method.measures`` (taken after each of its runs, with the run's held-out data)."""
+    def register(fn):
+        if name in MEASURES and MEASURES[name] is not fn:
+            raise ValueError(f"a measure named {name!r} is registered already ({MEASURES[name].__name__})")
+        MEASURES[name] = fn
+        return fn
+    return register
+
+
+def measure(name: str) -> Callable:
+    """The registered measure ``name``, or an error naming the registered ones."""
+    if name not in MEASURES:
+        raise ValueError(f"no measure registered as {name!r}; registered: {sorted(MEASURES)} (see register_measure; "
+                         f"the module that registers it must be imported)")
+    return MEASURES[name]
+
+
 # --------------------------------------------------------------------------- the runner
 class Runner:
     """A base model, a default budget, and every run made so far (cached by recipe, task and seed).
@@ -205,10 +267,12 @@ class Runner:
         cfg = TrainConfig(steps=b.steps, batch_size=b.batch_size, lr=method.lr_for(task), warmup_steps=b.warmup_steps,
                           weight_decay=b.weight_decay, eval_every=b.eval_every or b.steps, seed=seed,
                           progress=False)
+        cfg = method.train_config(cfg)
         t0 = time.perf_counter()
         history = train(model, train_data, test_data if b.eval_every else None, cfg, desc=method.name)
         final = evaluate(model, test_data)
         extra = {name: fn(model, task, self) for name, fn in self.measures.items()}
+        extra.update({name: measure(name)(model, test_data) for name in method.measures})
         seconds = time.perf_counter() - t0
         self.seconds += seconds
         curve = [{"step": 0, **evaluate(prepare_model(self.base, train_data, method, seed), test_data)}] \
@@ -223,6 +287,22 @@ class Runner:
         self.log(f"  {task:<10} {method.name:<22} seed {seed}  accuracy {100 * result.accuracy:5.1f}%  "
                  f"loss {result.loss:.3f}  ({seconds:.1f} s)", flush=True)
         return result
+
+    def remember(self, results: Results) -> int:
+        """Take the runs of an earlier comparison (a saved ``Results``, made under this runner's budget)
+        into the cache: a later run of the same recipe, task and seed returns it instead of training
+        again (a long comparison resumes; two comparisons share the runs they have in common).
+        Returns how many runs were taken."""
+        if results.budget and results.budget != dataclasses.asdict(self.budget):
+            raise ValueError(f"those runs were made under another budget ({results.budget}), not this runner's "
+                             f"({dataclasses.asdict(self.budget)})")
+        taken = 0
+        for run in results.runs:
+            if run.method in results.methods:
+                key = (recipe_key(results.methods[run.method], run.task), run.task, int(run.seed))
+                taken += key not in self.runs
+                self.runs.setdefault(key, run)
+        return taken
 
     def model(self, method: Method, task: str, seed: int):
         """The trained model of that run (trained now if it was not kept)."""
