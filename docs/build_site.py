@@ -23,8 +23,8 @@ import nbformat
 
 REPO = Path(__file__).resolve().parent.parent
 EXECUTED, SRC = REPO / "build/notebooks", REPO / "build/site-src"
-PAGES = ("index.md", "lora_math.md", "adding_a_variant.md", "dora.md", "quantization.md", "interop.md",
-         "reliability.md", "generation.md", "gpt2.md", "findings.md", "teachers.md")
+PAGES = ("index.md", "lora_math.md", "adding_a_variant.md", "dora.md", "quantization.md", "baselines.md",
+         "interop.md", "reliability.md", "generation.md", "gpt2.md", "findings.md", "teachers.md")
 FIGURES = ("findings",)               # folders of figures that pages show
 
 

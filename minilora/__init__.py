@@ -11,9 +11,11 @@ fine-tuning, analyses, reports), ``minilora.classroom`` (exercises and grading).
 """
 __version__ = "0.1.0"
 
+from minilora.adapters.bitfit import BitFitConfig, BitFitModel
 from minilora.adapters.bottleneck import AdapterConfig, AdapterModel
 from minilora.adapters.config import LoraConfig
 from minilora.adapters.lora_model import LoraModel
+from minilora.adapters.prefix import PrefixConfig, PrefixModel
 from minilora.data.datasets import make_dataset, make_splits
 from minilora.data.tasks import default_tokenizer
 from minilora.experiments.finetune import finetune
@@ -24,6 +26,7 @@ from minilora.nn.backend import set_backend
 from minilora.nn.checkpoint import load_model, save_model
 from minilora.nn.model import GPT, GPTConfig
 
-__all__ = ["AdapterConfig", "AdapterModel", "GPT", "GPTConfig", "LoraConfig", "LoraModel", "TrainConfig",
+__all__ = ["AdapterConfig", "AdapterModel", "BitFitConfig", "BitFitModel", "GPT", "GPTConfig", "LoraConfig",
+           "LoraModel", "PrefixConfig", "PrefixModel", "TrainConfig",
            "backend", "default_tokenizer", "evaluate", "finetune", "load_base", "load_model", "make_dataset",
            "make_splits", "pretrain", "save_model", "set_backend", "train"]

@@ -11,6 +11,7 @@
     minilora import-hf HF_DIR --out DIR    a Hugging Face GPT-2 as a minilora model
     minilora finetune --hf HF_DIR --text FILE   LoRA on a real GPT-2 with its BPE tokenizer
     minilora family                    LoRA, DoRA, rsLoRA, LoRA+, PiSSA and full on one budget (table + plots)
+    minilora baselines                 LoRA against BitFit, prefix tuning and adapters (table, Figure 2, JSON)
     minilora exercises make|grade      classroom exercises from the library's own code
 """
 from __future__ import annotations
@@ -245,6 +246,23 @@ def _family(args):
                              budget=budget, decomposition=args.decomposition, combination=args.combination)
 
 
+def _add_baselines(sub):
+    p = sub.add_parser("baselines", help="LoRA against BitFit, prefix tuning and adapters: table, Figure 2, JSON")
+    p.add_argument("--out", default="reports/baselines", help="folder for baselines.json, report.md and the plots")
+    p.add_argument("--quick", action="store_true", help="tiny settings to check the pipeline; the numbers mean nothing")
+    p.add_argument("--steps", type=int, default=None, help="steps per run (default: 200)")
+    p.set_defaults(func=_baselines)
+
+
+def _baselines(args):
+    import dataclasses
+
+    from minilora.experiments.baselines_report import BaselinesConfig, run_baselines
+
+    cfg = BaselinesConfig.quick() if args.quick else BaselinesConfig()
+    run_baselines(args.out, dataclasses.replace(cfg, steps=args.steps) if args.steps else cfg)
+
+
 def _add_exercises(sub):
     p = sub.add_parser("exercises", help="make or grade classroom exercises (see docs/teachers.md)",
                        add_help=False)
@@ -262,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minilora", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_demo, _add_pretrain, _add_finetune, _add_merge, _add_findings, _add_family, _add_exercises):
+    for add in (_add_demo, _add_pretrain, _add_finetune, _add_merge, _add_findings, _add_family, _add_baselines,
+                _add_exercises):
         add(sub)
     for add in (cli_interop.add_generate, cli_interop.add_export, cli_interop.add_import_hf):
         add(sub)

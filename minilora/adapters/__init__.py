@@ -8,5 +8,7 @@
   * QLoRA's 4-bit storage of the frozen base: ``quant_codes``, ``quant``, ``quant_dq``,
     ``quant_tensor``, ``quant_fast``, ``qlinear``; the quantized model: ``qbase`` (quantize_base),
     ``qmerge`` (merging into 4 or 32 bits), ``qfiles`` (save_quantized, load_quantized);
-  * the bottleneck adapters LoRA is measured against: ``bottleneck``.
+  * the baselines LoRA is measured against: ``bottleneck`` (adapters), ``bitfit`` (the biases train),
+    ``prefix`` (prefix-embedding and prefix-layer tuning, alone or with LoRA; the special positions
+    themselves are ``minilora.nn.specials``).
 """

@@ -6,6 +6,8 @@ An adapter config (``LoraConfig``, ``AdapterConfig``, ...) builds an adapter's p
     specs     the linear layers it changes, as ``LinearSpec``s reading base params or its own keys
     saved     base params it keeps its own copy of (modules_to_save, biases), e.g. "head.weight"
     frozen    own keys that do not train (PiSSA's residual copy of W0, LoRA-FA's A)
+    specials  prefix tuning's special positions (``minilora.nn.specials.SpecialPositions``), their
+              states named by own keys; installed as ``model.specials`` while the adapter is active
 
 ``AdaptedModel`` stores each tensor in ``model.params`` as "{key}.{adapter}" and keeps each
 adapter's layout (module -> spec, pointing at those names). Setting an adapter installs its layout
@@ -19,6 +21,7 @@ backward, num_params), so one training loop trains a GPT and an adapted GPT alik
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +44,7 @@ class AdapterParts:
     specs: dict                                     # module -> LinearSpec (refers to base names or own keys)
     saved: list = field(default_factory=list)       # base params it keeps a copy of (besides modules_to_save)
     frozen: set = field(default_factory=set)        # own keys that stay frozen (PiSSA's residual, LoRA-FA's A)
+    specials: object = None                         # SpecialPositions reading own keys (prefix tuning), or None
 
 
 def saved_param_names(modules: dict, names) -> list[str]:
@@ -66,7 +70,7 @@ class AdaptedModel:
 
     def __init__(self, model: GPT, config=None, adapter_name: str = "default"):
         adapted = sorted(m for m, s in model.linears.items() if s.kind not in BASE_KINDS)
-        if adapted:
+        if adapted or model.specials is not None:
             raise ValueError(f"this GPT already carries adapters ({adapted[:3]} ...): another adapter model wraps "
                              f"it. Add this adapter to that one with add_adapter (one model hosts adapters of any "
                              f"type), or merge_and_unload() it first")
@@ -83,6 +87,7 @@ class AdaptedModel:
         self.base_linears = dict(model.linears)
         self.base_norms = {n: dict(t) for n, t in model.norms.items()}
         self.norm_layouts: dict[str, dict] = {}  # adapter -> {layer norm: {role: param}} it redirects
+        self.special_layouts: dict = {}          # adapter -> its SpecialPositions (params renamed), or None
         self.base_fingerprint = io.fingerprint({k: model.params[k] for k in model.base_param_names()})
         model.freeze()                           # Hu et al. 2021, §4.1: the pre-trained weights stay frozen
         if config is not None:
@@ -155,6 +160,8 @@ class AdaptedModel:
         self.adapters[adapter_name], self.own_keys[adapter_name] = config, sorted(own)
         self.saved[adapter_name], self.layouts[adapter_name] = saved, layout
         self.norm_layouts[adapter_name] = norms
+        self.special_layouts[adapter_name] = None if parts.specials is None else dataclasses.replace(
+            parts.specials, states={i: rename[k] for i, k in parts.specials.states.items()})
         self.trainables[adapter_name] = {rename[k] for k in own - set(parts.frozen)}
         self.model.rng = backend.rng(config.seed + 1)        # dropout masks, reproducible per adapter
         return self.set_adapter(adapter_name)
@@ -175,10 +182,12 @@ class AdaptedModel:
         self.model.freeze()
         self.model.linears.update(self.base_linears)
         self.model.norms.update({n: dict(roles) for n, roles in self.base_norms.items()})
+        self.model.specials = None
         name = self.active_adapter
         if name is None or self.disabled:
             return
         self.model.norms.update(self.norm_layouts[name])
+        self.model.specials = self.special_layouts[name]     # prefix positions stay after a merge: they cannot fold
         layout = self.layouts[name]
         if self.merged:                          # merged layers run as plain layers on the merged W
             layout = {m: (LinearSpec("linear", {r: s.tensors[r] for r in ("weight", "bias") if r in s.tensors})
@@ -208,7 +217,8 @@ class AdaptedModel:
             raise RuntimeError(f"adapter {adapter_name!r} is merged; unmerge_adapter() before deleting it")
         for key in self.own_keys[adapter_name]:
             del self.model.params[self.param_name(key, adapter_name)]
-        for table in (self.adapters, self.own_keys, self.saved, self.layouts, self.norm_layouts, self.trainables):
+        for table in (self.adapters, self.own_keys, self.saved, self.layouts, self.norm_layouts, self.trainables,
+                      self.special_layouts):
             del table[adapter_name]
         if self.active_adapter == adapter_name:
             self.active_adapter = None
@@ -277,6 +287,10 @@ class AdaptedModel:
         do; ``requantize=True`` stores the merged weights in 4 bits again, which loses part of a
         small update (``minilora.adapters.qmerge``).
         """
+        if self.special_layouts.get(self.active_adapter) is not None:
+            raise ValueError(f"adapter {self.active_adapter!r} has special positions (prefix tuning): their trained "
+                             f"activations are extra positions of every sequence, not a weight, so no plain GPT "
+                             f"computes them. Keep the adapter model (merge_adapter folds any LoRA part)")
         if self.model.weight_parts or requantize:
             return qmerge.merge_and_unload_4bit(self, requantize=requantize)
         if not self.merged:

@@ -176,6 +176,11 @@ STEPS: list[Step] = [
                                   "test_dequantize_returns_float32_products_in_the_asked_dtype")},
          "code[i] times its block's scale: the weight every QLoRA product uses",
          ("my_dequantize_blockwise",), "10-20"),
+    Step(18, "prefix_layer_backward", "minilora/nn/specials.py", "replace_backward",
+         {"tests/test_specials.py": ("test_replace_backward_matches_numerical_gradient",
+                                     "test_replace_backward_sums_the_rows_into_dS")},
+         "prefix-layer tuning: activations replaced by trainable ones; dS sums over the batch, dx is 0 there",
+         ("my_replace_backward",), "15-25"),
 ]
 
 # Optimised copies of graded functions (minilora.fast, the forms the training loop uses) are answers

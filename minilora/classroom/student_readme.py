@@ -22,6 +22,7 @@ NOTEBOOK_NEEDS: dict[str, tuple[int, ...]] = {
     "06_choosing_the_rank.ipynb": (1, 2, 3, 4, 5, 6, 7, 8, 9, 13),
     "07_dora_and_the_lora_family.ipynb": (1, 2, 3, 4, 5, 6, 7, 8, 9, 14, 15),
     "08_qlora_nf4_and_where_the_memory_goes.ipynb": (1, 2, 3, 4, 5, 6, 7, 8, 9, 14, 15, 16, 17),
+    "09_lora_among_its_alternatives.ipynb": (6, 7, 8, 11, 18),
     "90_appendix_backend_and_gpu.ipynb": (2,),
 }
 

@@ -61,6 +61,9 @@ def forward_cached(model, idx, cache=None):
                          f"positions are learned only up to there. Run the full forward on the last "
                          f"{gpt.config.block_size} tokens instead (generate does)")
     gpt._check_tokens(idx)
+    if gpt.specials is not None:
+        raise ValueError("this model has special positions (prefix tuning), which the cached forward does not "
+                         "place; use model.forward, or generate(..., use_cache=False)")
     tok, _ = embedding_forward(idx, gpt.params["wte.weight"])              # (B, T, C)
     x = tok + gpt.params["wpe.weight"][S:S + T]                             # positions S..S+T-1
     new_cache = []
@@ -118,6 +121,8 @@ def generate(model, prompt, max_new_tokens: int, *, temperature: float = 1.0, to
     """
     gpt = base_gpt(model)
     block, V = gpt.config.block_size, gpt.config.vocab_size
+    if gpt.specials is not None:          # prefix tuning: the specials take positions, and the cached
+        block, use_cache = block - gpt.specials.n, False   # forward does not place them (full forward)
     ids = _check(prompt, max_new_tokens, temperature, top_k, V)
     rng, T0, cache = np.random.default_rng(seed), ids.shape[1], None
     for _ in tqdm(range(int(max_new_tokens)), desc="generate", unit="tok", disable=not progress,

@@ -29,8 +29,10 @@ reads. The LM head is the linear "lm_head" reading ``wte.weight`` (tied); a clas
 the linear "head". The model runs each through its kind's forward/backward pair, so an adapter
 (LoRA, DoRA, ...) changes a layer by changing its spec, and the model knows nothing about them.
 Layer norms read their tensors through ``model.norms[name]`` ({"weight": ..., "bias": ...}), for the
-same reason. Layer norm, GELU and attention compute through ``model.kernels`` (textbook forms by
-default; see ``minilora.nn.kernels``).
+same reason. Prefix tuning's special positions are data too: ``model.specials`` (None, or a
+``minilora.nn.specials.SpecialPositions``) names trainable activations the trunk inserts before block 0
+and puts in place at later blocks; the logits keep the token positions only. Layer norm, GELU and
+attention compute through ``model.kernels`` (textbook forms by default; see ``minilora.nn.kernels``).
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minilora import checks
-from minilora.nn import backend
+from minilora.nn import backend, specials
 from minilora.nn.backend import xp
 from minilora.nn.kernels import TEXTBOOK
 from minilora.nn.layers import embedding_backward, embedding_forward
@@ -133,6 +135,7 @@ class GPT:
         if "head.weight" in self.params:                          # a checkpoint with a task head
             self.linears["head"] = plain("head")
         self.kernels = TEXTBOOK                                   # layer norm, GELU, attention, loss
+        self.specials: specials.SpecialPositions | None = None   # prefix tuning's positions (nn/specials.py)
         self.rng = backend.rng(seed)                              # random numbers of training forwards (dropout)
         # A base weight kept in another form (QLoRA's 4-bit codes and block scales,
         # minilora.adapters.qbase): its name -> the params that hold it. Empty for a float model.
@@ -278,28 +281,30 @@ class GPT:
 
     # ---------------------------------------------------------------- the trunk
     def _trunk_forward(self, idx, training):
-        """idx (B, T) -> final hidden states (B, T, C) after ln_f."""
+        """idx (B, T) -> final hidden states (B, T, C) after ln_f (of the token positions only)."""
         self._check_tokens(idx)
         T = idx.shape[1]
+        lay = specials.layout(idx, self.specials, self.config.block_size)   # None: no special positions
         tok, c_tok = embedding_forward(idx, self.params["wte.weight"])        # (B, T, C)
-        x = tok + self.params["wpe.weight"][:T]                              # positions (T, C) broadcast
-        c_blocks = []
+        x = tok + self.params["wpe.weight"][slice(0, T) if lay is None else lay.token_pos]   # (T, C) broadcast
+        c_blocks, c_enter = [], []
         for i in range(self.config.n_layer):
+            x, c = specials.enter_block(i, x, lay, self.params)              # (B, T + n, C): specials in place
+            c_enter.append(c)
             x, c = self._block_forward(i, x, training)
             c_blocks.append(c)
         h, c_lnf = self._layernorm("ln_f", x)
-        return h, (c_tok, T, c_blocks, c_lnf)
+        return specials.drop(h, lay), (c_tok, T, c_blocks, c_lnf, (lay, c_enter))
 
     def _trunk_backward(self, dh, cache, grads):
-        c_tok, T, c_blocks, c_lnf = cache
-        dx = self._layernorm_backward("ln_f", dh, c_lnf, grads)
+        c_tok, T, c_blocks, c_lnf, (lay, c_enter) = cache
+        dx = self._layernorm_backward("ln_f", specials.undrop(dh, lay), c_lnf, grads)
         for i in reversed(range(self.config.n_layer)):
             dx = self._block_backward(i, dx, c_blocks[i], grads)
-        # forward: x = tok + pos (pos broadcast over the batch)
+            dx = specials.enter_block_backward(i, dx, c_enter[i], lay, self.trainable, grads)
+        # forward: x = tok + pos (pos broadcast over the batch, or read at each token's position)
         if "wpe.weight" in self.trainable:
-            dwpe = xp.zeros_like(self.params["wpe.weight"])
-            dwpe[:T] = dx.sum(axis=0)
-            grads["wpe.weight"] = dwpe
+            grads["wpe.weight"] = specials.position_grad(dx, T, lay, self.params["wpe.weight"])
         if "wte.weight" in self.trainable:
             _accumulate(grads, "wte.weight", embedding_backward(dx, c_tok))
 
@@ -331,7 +336,7 @@ class GPT:
         grads: dict = {}
         dh = self._linear_backward(head, dlogits, c_head, grads)
         if last is not None:                                     # forward: h = h_all[rows, last]
-            _, T, _, _ = c_trunk
+            T = c_trunk[1]
             pooled = dh
             dh = xp.zeros((pooled.shape[0], T, pooled.shape[1]), dtype=pooled.dtype)
             dh[xp.arange(pooled.shape[0]), last] = pooled        # only the read position gets a gradient
