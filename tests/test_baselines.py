@@ -13,7 +13,8 @@ from minilora.adapters.prefix import PrefixModel
 from minilora.data.tasks import default_tokenizer
 from minilora.experiments import baselines
 from minilora.experiments.baselines_report import (FAMILIES, BaselinesConfig, family_method, figure2_series,
-                                                   load_record, run_baselines, table_markdown)
+                                                   load_record, run_baselines, table_markdown, versus_lora)
+from minilora.experiments.results import Results, RunResult
 from minilora.experiments.runner import Budget, Runner, prepare_model
 
 BUDGET = Budget(steps=3, batch_size=8, warmup_steps=1, n_train=32, n_test=16)
@@ -83,3 +84,22 @@ def test_the_comparison_writes_a_record_its_readers_understand(tiny_base, tmp_pa
         assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes), (fam, sizes)
     assert "| BitFit |" in table_markdown(results, record)
     assert np.isfinite([r.accuracy for r in results.runs]).all()
+
+
+def _runs(task, method, accuracies):
+    return [RunResult(task=task, method=method, seed=s, accuracy=a, loss=0.0, trainable=1, ms_per_step=1.0,
+                      seconds=1.0, steps=1, n_train=1) for s, a in enumerate(accuracies)]
+
+
+@pytest.mark.parametrize("lora_acc, other_acc, expected", [
+    ((0.90, 0.92, 0.91), (0.0, 0.0, 0.01), "held"),            # a method stuck at chance is measured failing
+    ((0.90, 0.92, 0.91), (0.90, 0.91, 0.92), "within noise"),
+    ((0.40, 0.50, 0.45), (0.99, 0.99, 0.99), "did not hold"),
+    ((0.0, 0.01, 0.0), (0.0, 0.0, 0.0), "not judged"),          # LoRA itself did not learn: no verdict
+])
+def test_the_table_judges_every_method_against_lora_only_where_lora_learned(lora_acc, other_acc, expected):
+    """The verdict column uses the findings' rule: LoRA beats X held / did not hold / within noise, and
+    'not judged' when LoRA stayed at chance (exact match on a generation task: chance is 0)."""
+    results = Results(runs=_runs("rotate", "lora r=8", lora_acc) + _runs("rotate", "X", other_acc))
+    got = versus_lora(results, "rotate", "X", "lora r=8")
+    assert got.startswith(expected), f"expected a verdict starting {expected!r}, got {got!r}"

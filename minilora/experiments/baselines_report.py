@@ -21,10 +21,11 @@ from pathlib import Path
 
 from minilora import io
 from minilora.adapters.config import LoraConfig
-from minilora.data.tasks import DOWNSTREAM_TASKS
 from minilora.experiments.baselines import MEASURES, adapter_method, bitfit_method, prefix_method
 from minilora.experiments.finetune import SWEPT_LR
 from minilora.experiments.lr_sweep import chosen_lrs
+from minilora.experiments import stats
+from minilora.experiments.findings_rules import ACC_FLOOR, not_learned
 from minilora.experiments.results import Results, plot_bars
 from minilora.experiments.runner import Budget, Runner, full_method, lora_method, run_methods
 
@@ -33,7 +34,9 @@ FAMILIES = ("BitFit", "PreEmbed", "PreLayer", "AdapterH", "LoRA+PE", "LoRA+PL")
 
 @dataclass(frozen=True)
 class BaselinesConfig:
-    tasks: tuple = DOWNSTREAM_TASKS          # rotate, double, ordered
+    # rotate and ordered: at this budget LoRA r = 8 learns both (double needs the findings' 400 steps:
+    # LoRA reached 6.3 +- 3.8% there after 200, so a comparison on it would judge the budget, not the methods)
+    tasks: tuple = ("rotate", "ordered")
     seeds: tuple = (0, 1, 2)
     steps: int = 200                         # half the findings' 400: a modest budget on a shared machine
     batch_size: int = 32
@@ -45,10 +48,10 @@ class BaselinesConfig:
     lrs: dict = field(default_factory=lambda: {                  # LoRA's swept rates are 5e-3 and 1e-2
         "BitFit": (1e-2, 3e-2), "PreEmbed": (1e-2, 3e-2), "PreLayer": (1e-2, 3e-2),
         "AdapterH": (3e-3, 1e-2), "LoRA+PE": (5e-3, 1e-2), "LoRA+PL": (5e-3, 1e-2)})
-    sweep_tasks: tuple = ("double",)         # the rates are swept here (seed 0) and used on every task
-    figure_task: str = "double"              # the task where the methods differ most
+    sweep_tasks: tuple = ("rotate", "ordered")   # each method's rate is swept per task (seed 0)
+    figure_task: str = "ordered"             # every method learns it, and they differ most there
     ranks: tuple = (1, 8)                    # LoRA's sizes in Figure 2 (alpha stays 2 * lora_r)
-    prefix_sizes: tuple = ((1, 1), (3, 3))   # (l_p, l_i): double's rows leave 7 positions
+    prefix_sizes: tuple = ((1, 1), (3, 3))   # (l_p, l_i): ordered's rows leave 13 positions
     bottlenecks: tuple = (2, 8)
 
     def budget(self) -> Budget:
@@ -146,16 +149,30 @@ def method_row(results: Results, task: str, method: str) -> dict:
             "extra_positions": run.extra["extra_positions"], "inference_ratio": s("extra.inference_ratio")}
 
 
+def versus_lora(results: Results, task: str, method: str, lora: str) -> str:
+    """The verdict on "LoRA beats ``method``" by stats.beats (1-point floor), judged only where LoRA
+    learned the task (findings_rules.not_learned); a method that stayed at chance is then measured
+    failing, which is a finding, not a reason to stay silent."""
+    if method == lora:
+        return ""
+    a, b = results.summary(task, lora), results.summary(task, method)
+    if not_learned({lora: a}, task):
+        return f"not judged ({lora} did not learn {task})"
+    v = stats.beats(a, b, claim=f"{lora} beats {method} on {task}", floor=ACC_FLOOR)
+    return f"{v.verdict} ({100 * v.difference:+.1f} vs {100 * v.threshold:.1f} pts)"
+
+
 def table_markdown(results: Results, record: dict) -> str:
-    """One markdown table per task: the five columns of the comparison."""
-    parts = []
+    """One markdown table per task: the five columns of the comparison and the verdict against LoRA."""
+    parts, lora = [], f"lora r={record['config']['lora_r']}"
     for t in record["config"]["tasks"]:
         lines = [f"**{t}**\n", "| method | accuracy (%) | trainable | optimizer bytes | ms/step | special positions "
-                 "| inference time / base |", "|---|---:|---:|---:|---:|---:|---:|"]
+                 f"| inference time / base | {lora} beats it? |", "|---|---:|---:|---:|---:|---:|---:|---|"]
         for m in record["table_methods"]:
             r = method_row(results, t, m)
             lines.append(f"| {m} | {r['accuracy'].fmt(100, 1)} | {r['trainable']:,} | {r['optimizer_bytes']:,} | "
-                         f"{r['ms_per_step'].fmt(1, 0)} | {r['extra_positions']} | {r['inference_ratio'].fmt(1, 2)} |")
+                         f"{r['ms_per_step'].fmt(1, 0)} | {r['extra_positions']} | {r['inference_ratio'].fmt(1, 2)} | "
+                         f"{versus_lora(results, t, m, lora)} |")
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
 
