@@ -52,7 +52,7 @@ VARIANTS = ("base", "lora_merged", "lora_unmerged", "adapter_h", "adapter_l")
 LABELS = {"base": "base", "lora_merged": "LoRA merged", "lora_unmerged": "LoRA unmerged",
           "adapter_h": "AdapterH", "adapter_l": "AdapterL"}
 # Hu et al. 2021, Table 1 (GPT-2 medium, one forward pass, ms; overhead vs Fine-Tune/LoRA in percent),
-# at batch/sequence 32/512, 16/256, 1/128. LORA_NOTES §4. Unmerged LoRA is not in the table.
+# at batch/sequence 32/512, 16/256, 1/128. Unmerged LoRA is not in the table.
 PAPER_SHAPES = ("32/512", "16/256", "1/128")
 PAPER = {"base": (1449.4, 338.0, 19.8), "lora_merged": (0.0, 0.0, 0.0),
          "adapter_l": (2.2, 5.0, 20.7), "adapter_h": (3.0, 8.4, 30.3)}
