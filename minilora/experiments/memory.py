@@ -27,8 +27,8 @@ from __future__ import annotations
 import tracemalloc
 from dataclasses import dataclass
 
-import numpy as np
 
+from minilora.experiments.footprint import cache_bytes      # one counting rule for both memory reports
 from minilora.nn.loss import forward_loss, loss_and_grads
 from minilora.nn import backend
 from minilora.nn.optim import AdamW
@@ -119,29 +119,6 @@ def extrapolate(name: str, *, B: int = 1, r: int = 8, n_adapted_per_block: int =
 
 
 # --------------------------------------------------------------------------- measured on a real step
-def _root(a):
-    """The array that owns the memory a view looks at."""
-    while isinstance(getattr(a, "base", None), np.ndarray):
-        a = a.base
-    return a
-
-
-def cache_bytes(cache, exclude=()) -> int:
-    """Bytes of the distinct arrays in a nested forward cache (a view counts as its owner, once),
-    leaving out the arrays in ``exclude`` (the parameters)."""
-    skip = {id(_root(a)) for a in exclude}
-    seen, stack = {}, [cache]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, (tuple, list)):
-            stack.extend(item)
-        elif backend.is_array(item):
-            root = _root(item)
-            if id(root) not in skip:
-                seen[id(root)] = root.nbytes
-    return sum(seen.values())
-
-
 def measure_step(model, batch: dict) -> dict:
     """{part: bytes} counted on one real training step of ``model`` on ``batch`` (backend arrays).
 
