@@ -27,10 +27,8 @@ from __future__ import annotations
 import tracemalloc
 from dataclasses import dataclass
 
-
 from minilora.experiments.footprint import cache_bytes      # one counting rule for both memory reports
 from minilora.nn.loss import forward_loss, loss_and_grads
-from minilora.nn import backend
 from minilora.nn.optim import AdamW
 
 PARTS = ("frozen weights", "trainable weights", "gradients", "optimizer state", "activations")
