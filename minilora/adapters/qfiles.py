@@ -28,7 +28,7 @@ from pathlib import Path
 
 from minilora import checks, io
 from minilora.nn import backend
-from minilora.nn.checkpoint import FILES, FORMAT, VERSION
+from minilora.nn.checkpoint import FILES, FORMAT, VERSION, check_envelope
 from minilora.nn.model import GPT, GPTConfig, param_shapes
 from minilora.adapters.qbase import install_4bit, quantization_config, quantized_weights
 from minilora.adapters.quant_codes import QUANT_TYPES
@@ -72,22 +72,13 @@ def _read_meta(directory) -> tuple[GPTConfig, dict, dict, str]:
     if "quantization" not in meta:
         raise io.CheckpointError(f"{directory} holds a float model (its config records no quantization); load it "
                                  f"with minilora.nn.checkpoint.load_model, then quantize_base it")
-    fields = sorted(set(meta) ^ set(_ENVELOPE))
-    if fields:
-        raise io.CheckpointError(f"{path}: unexpected or missing top-level fields {fields}; "
-                                 f"expected exactly {list(_ENVELOPE)}")
+    config = check_envelope(meta, path, _ENVELOPE)
     quant = meta["quantization"]
     bad = [k for k, kind in _QUANT_FIELDS.items() if not isinstance(quant.get(k), kind)
            or (kind is int and isinstance(quant.get(k), bool))] if isinstance(quant, dict) else list(_QUANT_FIELDS)
     if bad or set(quant) != set(_QUANT_FIELDS) or quant["quant_type"] not in QUANT_TYPES:
         raise io.CheckpointError(f"{path}: 'quantization' must hold exactly {list(_QUANT_FIELDS)} (quant_type one "
                                  f"of {QUANT_TYPES}), got {quant!r}")
-    if not isinstance(meta["extra"], dict):
-        raise io.CheckpointError(f"{path}: field 'extra' must be a JSON object, got {meta['extra']!r}")
-    try:
-        config = checks.from_fields(GPTConfig, meta["config"], f"{path} (config)")
-    except ValueError as e:
-        raise io.CheckpointError(str(e)) from None
     return config, quant, meta["extra"], meta["fingerprint"]
 
 

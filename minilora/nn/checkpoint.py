@@ -72,17 +72,24 @@ def read_config(directory) -> tuple[GPTConfig, dict, str]:
     if "quantization" in meta:
         raise io.CheckpointError(f"{path} describes a 4-bit model ({meta['quantization']}); "
                                  f"load it with minilora.adapters.qfiles.load_quantized")
-    fields = sorted(set(meta) ^ set(_ENVELOPE))
+    config = check_envelope(meta, path, _ENVELOPE)
+    return config, meta["extra"], meta["fingerprint"]
+
+
+def check_envelope(meta: dict, path, envelope) -> GPTConfig:
+    """The checks every model config.json shares (float or 4-bit): exactly the ``envelope`` fields,
+    'extra' a JSON object, and 'config' a GPTConfig with every field present and of its type.
+    Returns the GPTConfig; raises io.CheckpointError naming the field otherwise."""
+    fields = sorted(set(meta) ^ set(envelope))
     if fields:
         raise io.CheckpointError(f"{path}: unexpected or missing top-level fields {fields}; "
-                                 f"expected exactly {list(_ENVELOPE)}")
+                                 f"expected exactly {list(envelope)}")
     if not isinstance(meta["extra"], dict):
         raise io.CheckpointError(f"{path}: field 'extra' must be a JSON object, got {meta['extra']!r}")
     try:
-        config = checks.from_fields(GPTConfig, meta["config"], f"{path} (config)")
+        return checks.from_fields(GPTConfig, meta["config"], f"{path} (config)")
     except ValueError as e:
         raise io.CheckpointError(str(e)) from None
-    return config, meta["extra"], meta["fingerprint"]
 
 
 def _check_tensors(directory, config: GPTConfig, tensors: dict) -> None:
