@@ -3,6 +3,9 @@ import numpy as np
 
 from minilora.experiments import sweeps
 from minilora.data.tasks import default_tokenizer
+from minilora.nn.gradcheck import check_gradient
+from minilora.nn.layers import cross_entropy_forward
+from minilora.nn.loss import loss_and_grads
 from minilora.nn.model import GPT, GPTConfig
 
 # The base model of the LoRA specs: small enough for central differences on every parameter.
@@ -17,6 +20,25 @@ def tiny_float64_base(seed=0, dtype=np.float64):
 def lm_batch(rng, B=3, T=6, V=13):
     """A random language-model batch: x, y (B, T) token ids in [0, V), mask (B, T) of ones."""
     return {"x": rng.integers(0, V, (B, T)), "y": rng.integers(0, V, (B, T)), "mask": np.ones((B, T))}
+
+
+def check_model_gradients(model, batch, names=None, **check):
+    """Every gradient ``loss_and_grads`` returns (or those of ``names``) agrees with central
+    differences of the whole model's masked loss; without ``names`` the gradient keys must also be
+    exactly the trainable set. ``check``: options of minilora.nn.gradcheck.check_gradient
+    (max_entries, atol, ...). Returns the gradients."""
+    _, grads = loss_and_grads(model, batch)
+
+    def loss():
+        return cross_entropy_forward(model.forward(batch["x"])[0], batch["y"], batch["mask"])[0]
+
+    if names is None:
+        assert set(grads) == model.trainable, (f"gradients for {sorted(grads)[:6]}, trainable "
+                                               f"{sorted(model.trainable)[:6]} (differ: {sorted(set(grads) ^ model.trainable)})")
+        names = sorted(grads)
+    for name in names:
+        check_gradient(loss, model.params[name], grads[name], name=name, **check)
+    return grads
 
 
 def randomize(model, marker, rng, scale=0.1):

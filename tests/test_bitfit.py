@@ -6,11 +6,9 @@ from minilora import io
 from minilora.adapters.bitfit import BitFitConfig, BitFitModel, bias_names, expected_trainable_count
 from minilora.adapters.config import LoraConfig
 from minilora.adapters.lora_model import LoraModel
-from minilora.nn.gradcheck import check_gradient
-from minilora.nn.layers import cross_entropy_forward
 from minilora.nn.loss import loss_and_grads
 
-from helpers import TINY_LORA_BASE, lm_batch, tiny_float64_base
+from helpers import TINY_LORA_BASE, check_model_gradients, lm_batch, tiny_float64_base
 
 
 def random_biases(host, rng):
@@ -50,15 +48,8 @@ def test_bitfit_gradients_match_numerical_gradient(rng):
         p[...] += 0.3 * rng.standard_normal(p.shape)
     host = BitFitModel(model)
     random_biases(host, rng)
-    batch = lm_batch(rng)
-
-    def loss():
-        return cross_entropy_forward(host.forward(batch["x"])[0], batch["y"], batch["mask"])[0]
-
-    _, grads = loss_and_grads(host, batch)
-    for key in ("blocks.0.attn.wq.bias", "blocks.1.mlp.fc.bias", "blocks.0.ln2.bias", "ln_f.bias"):
-        name = host.param_name(key)
-        check_gradient(loss, host.params[name], grads[name], name=name, atol=0.0)
+    keys = ("blocks.0.attn.wq.bias", "blocks.1.mlp.fc.bias", "blocks.0.ln2.bias", "ln_f.bias")
+    check_model_gradients(host, lm_batch(rng), [host.param_name(k) for k in keys], atol=0.0)
 
 
 def test_base_biases_stay_untouched_and_merge_and_unload_carries_the_trained_ones(rng):

@@ -14,12 +14,10 @@ from minilora.adapters.lora_model import LoraModel
 from minilora.adapters.qbase import quantization_config, quantize_base
 from minilora.adapters.qlinear import Held4bit
 from minilora.adapters.quant_tensor import QuantizedTensor
-from minilora.nn.gradcheck import check_gradient
-from minilora.nn.layers import cross_entropy_forward
 from minilora.nn.loss import forward_loss, loss_and_grads
 from minilora.nn.optim import AdamW
 
-from helpers import TINY_LORA_BASE, lm_batch, randomize, tiny_float64_base
+from helpers import TINY_LORA_BASE, check_model_gradients, lm_batch, randomize, tiny_float64_base
 
 ALL = ["wq", "wk", "wv", "wo", "fc", "proj"]
 
@@ -54,15 +52,7 @@ def test_qlora_backward_matches_numerical_gradient(rng, double_quant):
     lm = LoraModel(random_4bit_base(double_quant=double_quant),
                    LoraConfig(r=2, target_modules=["wq", "wv", "fc"], bias="lora_only"))
     randomize(lm, ".lora_B.", rng)
-    batch = lm_batch(rng)
-    _, grads = loss_and_grads(lm, batch)
-
-    def loss():
-        return cross_entropy_forward(lm.forward(batch["x"])[0], batch["y"], batch["mask"])[0]
-
-    assert set(grads) == lm.trainable, f"gradients for {sorted(set(grads) ^ lm.trainable)}"
-    for name in sorted(grads):
-        check_gradient(loss, lm.params[name], grads[name], name=name, max_entries=12, atol=0.0)
+    check_model_gradients(lm, lm_batch(rng), max_entries=12, atol=0.0)
 
 
 def test_only_A_and_B_train_and_no_gradient_exists_for_the_4bit_weights(rng):
@@ -183,12 +173,4 @@ def test_bottleneck_adapters_on_a_4bit_base_match_numerical_gradients(rng):
     model = AdapterModel(base, AdapterConfig(variant="houlsby", bottleneck=3))
     assert np.array_equal(model.forward(idx)[0], expected), "the adapted 4-bit model differs from its base at init"
     randomize(model, ".adapter_up.", rng)
-    batch = lm_batch(rng)
-    _, grads = loss_and_grads(model, batch)
-
-    def loss():
-        return cross_entropy_forward(model.forward(batch["x"])[0], batch["y"], batch["mask"])[0]
-
-    assert set(grads) == model.trainable, f"gradients for {sorted(set(grads) ^ model.trainable)}"
-    for name in sorted(grads):
-        check_gradient(loss, model.params[name], grads[name], name=name, max_entries=10)
+    check_model_gradients(model, lm_batch(rng), max_entries=10)
