@@ -74,7 +74,6 @@ def measure_minilora(*, steps: int, warmup: int, seed: int) -> dict:
 def measure_torch_peft(*, steps: int, warmup: int, seed: int) -> dict:
     import peft
     import torch
-    import torch.nn.functional as F
 
     import torch_gpt
 
@@ -87,14 +86,7 @@ def measure_torch_peft(*, steps: int, warmup: int, seed: int) -> dict:
     batch = random_batch(GPT2_124M, B, T, seed)
     x, y = (torch.from_numpy(batch[k]) for k in ("x", "y"))
     rss1 = common.rss_mark()
-
-    def step():
-        logits = model(x)                                                    # (B, T, V)
-        loss = F.cross_entropy(logits.reshape(-1, GPT2_124M.vocab_size), y.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
+    step = torch_gpt.training_step(model, opt, x, y)
     timing = common.median_time(step, warmup=warmup, steps=steps)
     return {"impl": "torch+peft", **timing, **memory_rows(rss0, rss1),
             "params": sum(p.numel() for p in model.parameters()),

@@ -157,7 +157,6 @@ RATIO_COLUMNS = [("config", "config", "s"), ("workers", "workers", "d"), ("full_
 def measure_torch(name: str, *, sdpa: bool, device: str, steps: int, warmup: int, seed: int) -> dict:
     """One row: the same model and step in PyTorch eager (torch.optim.AdamW, same decay groups)."""
     import torch
-    import torch.nn.functional as F
 
     import torch_gpt
 
@@ -174,13 +173,7 @@ def measure_torch(name: str, *, sdpa: bool, device: str, steps: int, warmup: int
                              {"params": no_decay, "weight_decay": 0.0}], lr=LR)
     batch = random_batch(config, B, T, seed)
     x, y = (torch.from_numpy(batch[k]).to(device) for k in ("x", "y"))
-
-    def step():
-        logits = model(x)                                                    # (B, T, V)
-        loss = F.cross_entropy(logits.reshape(-1, config.vocab_size), y.reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    step = torch_gpt.training_step(model, opt, x, y)
 
     sync = torch.cuda.synchronize if device == "cuda" else None
     timing = common.median_time(step, warmup=warmup, steps=steps, sync=sync)
