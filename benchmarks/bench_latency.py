@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # common
@@ -37,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # common
 import numpy as np  # noqa: E402
 
 import common  # noqa: E402
+from minilora.classroom import timing  # noqa: E402
 from minilora.nn import backend  # noqa: E402
 from minilora.adapters.bottleneck import AdapterConfig, AdapterModel, expected_trainable_count  # noqa: E402
 from minilora.adapters.config import LoraConfig  # noqa: E402
@@ -60,27 +60,10 @@ PAPER = {"base": (1449.4, 338.0, 19.8), "lora_merged": (0.0, 0.0, 0.0),
 
 # --------------------------------------------------------------------------- timing
 def interleaved_times(fns: dict, *, repeats: int, warmup: int = 2, sync=None) -> dict[str, list[float]]:
-    """Seconds of each call of each ``fns[name]()``, ``repeats`` rounds, all variants in every round.
-
-    Round i runs the variants in the order rotated by i, so no variant always follows the same
-    one (caches, BLAS thread wake-up), and a slow spell of the machine falls on all of them.
-    ``sync`` runs before each clock read (GPU work is asynchronous).
-    """
-    sync = sync or (lambda: None)
-    names = list(fns)
-    for _ in range(warmup):
-        for name in names:
-            fns[name]()
-    sync()
-    times = {name: [] for name in names}
-    for i in range(repeats):
-        k = i % len(names)
-        for name in names[k:] + names[:k]:
-            t0 = time.perf_counter()
-            fns[name]()
-            sync()
-            times[name].append(time.perf_counter() - t0)
-    return times
+    """Seconds of each call of each ``fns[name]()``, ``repeats`` rounds, all variants in every round,
+    the order rotated each round so that a slow spell of the machine falls on all of them (the same
+    timer the tutorials use: ``minilora.classroom.timing.interleaved_times``)."""
+    return timing.interleaved_times(fns, rounds=repeats, warmup=warmup, sync=sync)
 
 
 def paired_overhead_pct(times: list[float], ref: list[float]) -> float:

@@ -6,10 +6,9 @@ from minilora import io
 from minilora.adapters.config import LoraConfig
 from minilora.adapters.prefix import PrefixConfig, PrefixModel, expected_trainable_count, infix_token_ids
 from minilora.data.tasks import default_tokenizer
-from minilora.nn.gradcheck import check_gradient
-from minilora.nn.layers import cross_entropy_forward
-from minilora.nn.loss import loss_and_grads
 from minilora.nn.model import GPT, GPTConfig
+
+from helpers import check_model_gradients
 
 SMALL = GPTConfig(vocab_size=13, block_size=12, n_layer=3, n_head=2, n_embd=8)
 EQ = 12
@@ -62,15 +61,7 @@ def test_every_prefix_gradient_matches_numerical_gradient(mode, rng):
     host = PrefixModel(base(spread=0.3), config(mode, lora=LoraConfig(r=2)))
     for name in sorted(host.trainable):              # sorted: a set's order changes with the hash seed
         host.params[name][...] = 0.5 * rng.standard_normal(host.params[name].shape)   # B = 0 would hide a wrong dA
-    b = batch(rng)
-
-    def loss():
-        return cross_entropy_forward(host.forward(b["x"])[0], b["y"], b["mask"])[0]
-
-    _, grads = loss_and_grads(host, b)
-    assert set(grads) == host.trainable, f"gradients for {sorted(set(grads) ^ host.trainable)}"
-    for name in sorted(host.trainable):
-        check_gradient(loss, host.params[name], grads[name], name=name, max_entries=30, atol=0.0)
+    check_model_gradients(host, batch(rng), max_entries=30, atol=0.0)
 
 
 def test_states_start_from_real_tokens_and_disable_gives_the_base(rng):
